@@ -1,0 +1,5 @@
+import sys
+
+from cri.server.cli import main
+
+sys.exit(main())

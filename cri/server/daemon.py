@@ -1,0 +1,114 @@
+"""The crid daemon: directories, locks, the gRPC server, metrics, signals.
+
+Shutdown (SIGTERM/SIGINT) stops accepting calls, lets in-flight ones finish
+within the configured grace, and exits 0. It never stops containers: they
+run on under their monitors and the next daemon picks them up.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+
+import grpc
+
+import cri
+from cri.config import Config
+from cri.log import fields
+from cri.server.image_service import ImageServicer
+from cri.server.listener import Ownership, StartupError, make_dir
+from cri.server.metrics import MetricsServer
+from cri.server.rpc import Gate, service_handler
+from cri.server.runtime_service import RuntimeServicer
+
+log = logging.getLogger("cri.server.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.gate = Gate()
+        self._stop = asyncio.Event()
+        self._ownership = Ownership(config.root_dir, config.grpc.socket)
+        self._metrics: MetricsServer | None = None
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        limit = self.config.grpc.max_message_mib * 1024 * 1024
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        server.add_generic_rpc_handlers(
+            (
+                service_handler("RuntimeService", RuntimeServicer(self.config), self.gate),
+                service_handler("ImageService", ImageServicer(self.config), self.gate),
+            )
+        )
+        return server
+
+    async def _recover(self) -> None:
+        """Rebuild in-memory state from the store and the system (later issues
+        fill this in); RPCs answer UNAVAILABLE until it returns."""
+
+    def request_stop(self, signame: str) -> None:
+        log.info("shutting down", extra=fields(signal=signame))
+        self._stop.set()
+
+    async def run(self) -> int:
+        cfg = self.config
+        make_dir(cfg.root_dir, 0o711)
+        make_dir(cfg.state_dir, 0o711)
+        self._ownership.claim()
+        try:
+            return await self._serve()
+        finally:
+            self._ownership.release(remove_socket=True)
+
+    async def _serve(self) -> int:
+        cfg = self.config
+        server = self._grpc_server()
+        target = f"unix://{cfg.grpc.socket}"
+        try:
+            server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {cfg.grpc.socket}: {exc}") from None
+        await server.start()
+        os.chmod(cfg.grpc.socket, 0o660)
+
+        metrics_address = "disabled"
+        if cfg.metrics.enabled:
+            self._metrics = MetricsServer(cfg.metrics.address)
+            try:
+                metrics_address = self._metrics.start()
+            except OSError as exc:
+                await server.stop(None)
+                raise StartupError(f"cannot serve metrics on {cfg.metrics.address}: {exc.strerror}") from None
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+        await self._recover()
+        self.gate.open = True
+        log.info(
+            "crid started",
+            extra=fields(
+                version=cri.__version__,
+                pid=os.getpid(),
+                socket=cfg.grpc.socket,
+                root=cfg.root_dir,
+                state=cfg.state_dir,
+                handlers=",".join(cfg.runtime.handlers),
+                default_handler=cfg.runtime.default_handler,
+                metrics=metrics_address,
+            ),
+        )
+
+        await self._stop.wait()
+        await server.stop(cfg.grpc.shutdown_grace_seconds)
+        if self._metrics is not None:
+            self._metrics.stop()
+        log.info("crid stopped")
+        return 0

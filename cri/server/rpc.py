@@ -1,0 +1,162 @@
+"""The one wrapper around every CRI RPC, and the gRPC handlers built from it.
+
+Each call gets a request id, a debug log line with method, duration and code,
+the request metrics, the mapping from crid's domain errors to gRPC status
+codes, and UNAVAILABLE while startup recovery has not finished. Servicer
+methods therefore contain only the work itself.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+
+from cri import errors
+from cri.api.v1 import api_pb2
+from cri.log import fields
+from cri.server.metrics import GRPC_DURATION, GRPC_IN_FLIGHT, GRPC_REQUESTS
+
+log = logging.getLogger("cri.server.rpc")
+
+_CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+]
+
+
+def status_for(exc: BaseException, method: str, error_id: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC code and message a client sees for ``exc``."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code, str(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by crid yet"
+    return grpc.StatusCode.INTERNAL, f"internal error in {method} (error id {error_id}); see the crid log"
+
+
+class Gate:
+    """Closed until startup recovery has finished; calls meanwhile get UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def check(self) -> None:
+        if not self.open:
+            raise errors.Unavailable("crid is starting up (recovering state); retry shortly")
+
+
+class _Call:
+    """Bookkeeping of one RPC: id, timing, metrics, the final log line."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service = service
+        self.method = method
+        self.full = f"{service}.{method}"
+        self.request_id = uuid.uuid4().hex[:16]
+        self.code = grpc.StatusCode.OK
+        self.start = time.perf_counter()
+        GRPC_IN_FLIGHT.labels(method).inc()
+
+    def failed(self, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        error_id = self.request_id
+        self.code, message = status_for(exc, self.full, error_id)
+        if self.code == grpc.StatusCode.INTERNAL:
+            log.error(
+                "unexpected error",
+                exc_info=exc,
+                extra=fields(method=self.full, error_id=error_id, error=repr(exc)),
+            )
+        return self.code, message
+
+    def finish(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        code = self.code.name
+        GRPC_IN_FLIGHT.labels(self.method).dec()
+        GRPC_REQUESTS.labels(self.service, self.method, code).inc()
+        GRPC_DURATION.labels(self.method).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "rpc",
+                extra=fields(
+                    method=self.full, request_id=self.request_id, code=code, seconds=round(elapsed, 6)
+                ),
+            )
+
+
+UnaryFn = Callable[[Any, Any], Awaitable[Message]]
+StreamFn = Callable[[Any, Any], AsyncIterator[Message]]
+
+
+def _wrap_unary(service: str, method: str, fn: UnaryFn, gate: Gate) -> UnaryFn:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Message:
+        call = _Call(service, method)
+        try:
+            gate.check()
+            return await fn(request, context)
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, message = call.failed(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from None
+        finally:
+            call.finish()
+
+    return handler
+
+
+def _wrap_stream(service: str, method: str, fn: StreamFn, gate: Gate) -> StreamFn:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        call = _Call(service, method)
+        try:
+            gate.check()
+            async for item in fn(request, context):
+                yield item
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, message = call.failed(exc)
+            await context.abort(code, message)
+        finally:
+            call.finish()
+
+    return handler
+
+
+def service_handler(service_name: str, servicer: object, gate: Gate) -> grpc.GenericRpcHandler:
+    """gRPC handlers for every method of ``service_name`` (as declared in the
+    proto), each calling the servicer's method of the same name through the
+    wrapper. Methods the servicer does not override raise NotImplementedError
+    in the generated base class and so answer UNIMPLEMENTED."""
+    descriptor = api_pb2.DESCRIPTOR.services_by_name[service_name]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for m in descriptor.methods:
+        request_cls = message_factory.GetMessageClass(m.input_type)
+        response_cls = message_factory.GetMessageClass(m.output_type)
+        fn = getattr(servicer, m.name)
+        if m.server_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(service_name, m.name, fn, gate),
+                request_deserializer=request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(service_name, m.name, fn, gate),
+                request_deserializer=request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)

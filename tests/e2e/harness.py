@@ -1,0 +1,130 @@
+"""Start and stop real crid daemons for the e2e tests.
+
+Each daemon gets its own socket, root, state dir and config file under a
+base directory, so several can run side by side; its stderr (JSON logs) is
+kept in a file and echoed when a test fails.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cri import config as configmod
+from cri.api.client import CriClient
+
+STARTUP_TIMEOUT = 20.0
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class CridProcess:
+    """One crid daemon run as a subprocess (``python -m cri serve``)."""
+
+    def __init__(self, base: Path, name: str = "crid", settings: dict[str, Any] | None = None) -> None:
+        self.dir = base / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = str(self.dir / "crid.sock")
+        self.root = str(self.dir / "root")
+        self.state = str(self.dir / "state")
+        self.config_path = self.dir / "config.toml"
+        self.log_path = self.dir / "crid.log"
+        defaults: dict[str, Any] = {
+            "root_dir": self.root,
+            "state_dir": self.state,
+            "grpc": {"socket": self.socket, "shutdown_grace_seconds": 5.0},
+            "log": {"level": "debug", "format": "json"},
+            "metrics": {"address": "127.0.0.1:0"},
+            "images": {"registry_config_dir": str(self.dir / "certs.d")},
+            "cni": {"conf_dir": str(self.dir / "net.d")},
+        }
+        self.config = configmod.from_dict(_deep_merge(defaults, settings or {}), "test settings")
+        self.config_path.write_text(configmod.render(self.config))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_address = ""
+        self._client: CriClient | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cri", "serve", "--config", str(self.config_path)]
+
+    def start(self) -> "CridProcess":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stderr=log, stdout=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            started = self.log_records("crid started")
+            if started and started[-1]["pid"] == self.proc.pid:
+                self.metrics_address = started[-1]["metrics"]
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"crid exited with {self.proc.returncode} at startup:\n{self.log_text()}")
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"crid did not start within {STARTUP_TIMEOUT}s:\n{self.log_text()}")
+
+    @property
+    def client(self) -> CriClient:
+        if self._client is None:
+            self._client = CriClient(self.socket)
+        return self._client
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_records(self, msg: str | None = None) -> list[dict[str, Any]]:
+        records = []
+        for line in self.log_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (msg is None or record.get("msg") == msg):
+                records.append(record)
+        return records
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the daemon and wait; returns its exit code."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop(signal.SIGKILL)
+
+
+def run_crid(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a crid CLI command to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "cri", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
