@@ -60,9 +60,7 @@ class _Section(BaseModel):
 
 
 class GrpcConfig(_Section):
-    socket: AbsPath = Field(
-        "/run/crid/crid.sock", description="Unix socket of the CRI gRPC server (mode 0660)"
-    )
+    socket: AbsPath = Field("/run/crid/crid.sock", description="Unix socket of the CRI gRPC server (mode 0660)")
     max_message_mib: int = Field(16, ge=1, le=256, description="Largest gRPC message accepted or sent, MiB")
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, le=300, description="On SIGTERM, how long in-flight calls may still run"
@@ -80,9 +78,7 @@ class LogConfig(_Section):
 
 class MetricsConfig(_Section):
     enabled: bool = Field(True, description="Serve Prometheus metrics")
-    address: str = Field(
-        "127.0.0.1:9191", description="HOST:PORT of the /metrics endpoint (port 0: any free)"
-    )
+    address: str = Field("127.0.0.1:9191", description="HOST:PORT of the /metrics endpoint (port 0: any free)")
 
     @field_validator("address")
     @classmethod
@@ -185,13 +181,9 @@ class Config(_Section):
     grpc: GrpcConfig = Field(default_factory=lambda: GrpcConfig(), description="CRI gRPC server")
     log: LogConfig = Field(default_factory=lambda: LogConfig(), description="Logging to stderr")
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(), description="Prometheus metrics")
-    runtime: RuntimeConfig = Field(
-        default_factory=lambda: RuntimeConfig(), description="OCI runtimes and cgroups"
-    )
+    runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig(), description="OCI runtimes and cgroups")
     cni: CniConfig = Field(default_factory=lambda: CniConfig(), description="Pod networking")
-    images: ImagesConfig = Field(
-        default_factory=lambda: ImagesConfig(), description="Image pulls and the image store"
-    )
+    images: ImagesConfig = Field(default_factory=lambda: ImagesConfig(), description="Image pulls and the image store")
     streaming: StreamingConfig = Field(
         default_factory=lambda: StreamingConfig(),
         description="Streaming server for exec, attach and port-forward",

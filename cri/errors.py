@@ -36,3 +36,7 @@ class ResourceExhausted(CridError):
 
 class DeadlineExceeded(CridError):
     """An operation ran out of time (not the client's own deadline)."""
+
+
+class PermissionDenied(CridError):
+    """The caller (or crid, towards a registry) is not allowed to do this."""

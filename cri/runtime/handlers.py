@@ -49,7 +49,5 @@ def runtime_condition(config: Config) -> Condition:
         )
     for label, path in (("root", config.root_dir), ("state", config.state_dir)):
         if not _usable_dir(path):
-            return Condition(
-                False, "StorageNotUsable", f"crid's {label} directory {path} is not a writable directory"
-            )
+            return Condition(False, "StorageNotUsable", f"crid's {label} directory {path} is not a writable directory")
     return Condition(True)

@@ -22,15 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the CRI daemon in the foreground")
-    serve.add_argument(
-        "--config", help=f"config file (default {configmod.DEFAULT_CONFIG_PATH}, may be absent)"
-    )
+    serve.add_argument("--config", help=f"config file (default {configmod.DEFAULT_CONFIG_PATH}, may be absent)")
     serve.add_argument("--socket", help="CRI socket path (overrides grpc.socket)")
     serve.add_argument("--root", help="persistent state dir (overrides root_dir)")
     serve.add_argument("--state", help="volatile state dir (overrides state_dir)")
-    serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log.level"
-    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides log.level")
 
     cfg = sub.add_parser("config", help="show or check configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)

@@ -14,12 +14,14 @@ import grpc
 
 import cri
 from cri.config import Config
+from cri.images.manager import Images
 from cri.log import fields
 from cri.server.image_service import ImageServicer
 from cri.server.listener import Ownership, StartupError, make_dir
 from cri.server.metrics import MetricsServer
 from cri.server.rpc import Gate, service_handler
 from cri.server.runtime_service import RuntimeServicer
+from cri.store import Store
 
 log = logging.getLogger("cri.server.daemon")
 
@@ -32,7 +34,7 @@ class Daemon:
         self._ownership = Ownership(config.root_dir, config.grpc.socket)
         self._metrics: MetricsServer | None = None
 
-    def _grpc_server(self) -> grpc.aio.Server:
+    def _grpc_server(self, images: Images) -> grpc.aio.Server:
         limit = self.config.grpc.max_message_mib * 1024 * 1024
         server = grpc.aio.server(
             options=[
@@ -43,14 +45,15 @@ class Daemon:
         server.add_generic_rpc_handlers(
             (
                 service_handler("RuntimeService", RuntimeServicer(self.config), self.gate),
-                service_handler("ImageService", ImageServicer(self.config), self.gate),
+                service_handler("ImageService", ImageServicer(images), self.gate),
             )
         )
         return server
 
-    async def _recover(self) -> None:
-        """Rebuild in-memory state from the store and the system (later issues
-        fill this in); RPCs answer UNAVAILABLE until it returns."""
+    async def _recover(self, images: Images) -> None:
+        """Finish or undo what a killed daemon left half done; RPCs answer
+        UNAVAILABLE until this returns."""
+        await asyncio.get_running_loop().run_in_executor(None, images.recover)
 
     def request_stop(self, signame: str) -> None:
         log.info("shutting down", extra=fields(signal=signame))
@@ -61,14 +64,18 @@ class Daemon:
         make_dir(cfg.root_dir, 0o711)
         make_dir(cfg.state_dir, 0o711)
         self._ownership.claim()
+        store = Store(cfg.root_dir)
+        images = Images(cfg, store)
         try:
-            return await self._serve()
+            return await self._serve(images)
         finally:
+            await images.close()
+            store.close()
             self._ownership.release(remove_socket=True)
 
-    async def _serve(self) -> int:
+    async def _serve(self, images: Images) -> int:
         cfg = self.config
-        server = self._grpc_server()
+        server = self._grpc_server(images)
         target = f"unix://{cfg.grpc.socket}"
         try:
             server.add_insecure_port(target)
@@ -90,7 +97,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
-        await self._recover()
+        await self._recover(images)
         self.gate.open = True
         log.info(
             "crid started",

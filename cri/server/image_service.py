@@ -1,10 +1,84 @@
-"""runtime.v1.ImageService. Every RPC answers UNIMPLEMENTED until the image
-store lands (the generated base class raises NotImplementedError)."""
+"""runtime.v1.ImageService: validate, call cri.images, build the reply."""
 
+import json
+import time
+from typing import Any
+
+from cri.api.v1 import api_pb2 as pb
 from cri.api.v1 import api_pb2_grpc
-from cri.config import Config
+from cri.errors import InvalidArgument
+from cri.images.auth import credentials_from_cri
+from cri.images.manager import Images
+from cri.images.metadata import ImageRecord
+
+
+def image_message(image: ImageRecord) -> pb.Image:
+    msg = pb.Image(
+        id=image.id,
+        repo_tags=image.tags,
+        repo_digests=image.digests,
+        size=image.size,
+        username=image.username,
+        pinned=image.pinned,
+    )
+    if image.uid is not None:
+        msg.uid.CopyFrom(pb.Int64Value(value=image.uid))
+    return msg
 
 
 class ImageServicer(api_pb2_grpc.ImageServiceServicer):
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, images: Images) -> None:
+        self.images = images
+
+    async def PullImage(self, request: pb.PullImageRequest, context: Any) -> pb.PullImageResponse:
+        if not request.image.image:
+            raise InvalidArgument("PullImage: image reference is empty")
+        a = request.auth
+        credentials = credentials_from_cri(a.username, a.password, a.auth, a.identity_token, a.registry_token)
+        image_id = await self.images.pull(request.image.image, credentials)
+        return pb.PullImageResponse(image_ref=image_id)
+
+    async def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
+        wanted = request.filter.image.image if request.HasField("filter") else ""
+        if wanted:
+            found = self.images.find(wanted)
+            images = [found] if found is not None else []
+        else:
+            images = self.images.all()
+        return pb.ListImagesResponse(images=[image_message(i) for i in images])
+
+    async def ImageStatus(self, request: pb.ImageStatusRequest, context: Any) -> pb.ImageStatusResponse:
+        if not request.image.image:
+            raise InvalidArgument("ImageStatus: image is empty")
+        image = self.images.find(request.image.image)
+        if image is None:  # the CRI answers an unknown image with an empty status, not an error
+            return pb.ImageStatusResponse()
+        info = {}
+        if request.verbose:
+            info["info"] = json.dumps(
+                {
+                    "id": image.id,
+                    "manifestDigest": image.manifest_digest,
+                    "mediaType": image.manifest_media_type,
+                    "chainIDs": image.chain_ids,
+                    "snapshots": self.images.snapshot_dirs(image),
+                    "imageSpec": self.images.config_of(image),
+                }
+            )
+        return pb.ImageStatusResponse(image=image_message(image), info=info)
+
+    async def RemoveImage(self, request: pb.RemoveImageRequest, context: Any) -> pb.RemoveImageResponse:
+        if not request.image.image:
+            raise InvalidArgument("RemoveImage: image is empty")
+        await self.images.remove(request.image.image)
+        return pb.RemoveImageResponse()
+
+    async def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: Any) -> pb.ImageFsInfoResponse:
+        used, inodes = self.images.usage()
+        usage = pb.FilesystemUsage(
+            timestamp=time.time_ns(),
+            fs_id=pb.FilesystemIdentifier(mountpoint=self.images.snapshots.dir),
+            used_bytes=pb.UInt64Value(value=used),
+            inodes_used=pb.UInt64Value(value=inodes),
+        )
+        return pb.ImageFsInfoResponse(image_filesystems=[usage])

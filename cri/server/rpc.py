@@ -32,6 +32,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -88,9 +89,7 @@ class _Call:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "rpc",
-                extra=fields(
-                    method=self.full, request_id=self.request_id, code=code, seconds=round(elapsed, 6)
-                ),
+                extra=fields(method=self.full, request_id=self.request_id, code=code, seconds=round(elapsed, 6)),
             )
 
 

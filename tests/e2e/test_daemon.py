@@ -67,13 +67,11 @@ def test_runtime_config(crid: CridProcess) -> None:
     [
         ("runtime", "RunPodSandbox", pb.RunPodSandboxRequest()),
         ("runtime", "ExecSync", pb.ExecSyncRequest()),
-        ("image", "ListImages", pb.ListImagesRequest()),
-        ("image", "PullImage", pb.PullImageRequest()),
+        ("runtime", "CreateContainer", pb.CreateContainerRequest()),
+        ("runtime", "PortForward", pb.PortForwardRequest()),
     ],
 )
-def test_unimplemented_rpc_names_itself(
-    crid: CridProcess, service: str, method: str, request_msg: object
-) -> None:
+def test_unimplemented_rpc_names_itself(crid: CridProcess, service: str, method: str, request_msg: object) -> None:
     stub = getattr(crid.client, service)
     with pytest.raises(grpc.RpcError) as err:
         getattr(stub, method)(request_msg)
@@ -180,10 +178,10 @@ def test_metrics_count_version_calls(crid: CridProcess) -> None:
 
 
 def test_metrics_count_error_codes(crid: CridProcess) -> None:
-    labels = {"service": "ImageService", "method": "ImageFsInfo", "code": "UNIMPLEMENTED"}
+    labels = {"service": "RuntimeService", "method": "ListContainers", "code": "UNIMPLEMENTED"}
     before = _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels)
     with pytest.raises(grpc.RpcError):
-        crid.client.image.ImageFsInfo(pb.ImageFsInfoRequest())
+        crid.client.runtime.ListContainers(pb.ListContainersRequest())
     assert _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels) == before + 1
 
 

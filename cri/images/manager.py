@@ -1,0 +1,517 @@
+"""Images: pull, list, look up, remove, garbage-collect, and disk usage.
+
+A pull resolves the reference through the configured hosts, picks the host
+platform from an index, verifies every manifest, config and layer against
+its digest and size, stores blobs in the content store and unpacks each
+layer once into a snapshot keyed by its chain id; only then is the image
+recorded. Blob downloads and unpacks are shared between concurrent pulls.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from prometheus_client import Counter, Gauge, Histogram
+
+from cri.config import Config
+from cri.errors import CridError, FailedPrecondition, NotFound, Unavailable
+from cri.images import mediatypes as mt
+from cri.images.auth import Credentials, TokenCache
+from cri.images.content import ContentStore, verify_bytes
+from cri.images.hosts import load_hosts
+from cri.images.metadata import ImageMetadata, ImageRecord, SnapshotRecord, now_ns
+from cri.images.reference import HEX64_RE, SHA256_RE, Reference, parse
+from cri.images.registry import Repository
+from cri.images.shared import SharedTasks
+from cri.images.snapshots import Snapshots
+from cri.images.unpack import LayerStats, apply_layer
+from cri.log import fields
+from cri.metrics import REGISTRY
+from cri.store import Store
+
+log = logging.getLogger(__name__)
+
+CONFIG_MAX_BYTES = 8 * 1024 * 1024
+_HEX_PREFIX = re.compile(r"^(?:sha256:)?[a-f0-9]{1,64}$")
+
+PULLS = Counter("crid_image_pulls", "Image pulls by outcome", ["outcome"], registry=REGISTRY)
+PULL_BYTES = Counter("crid_image_pull_bytes", "Bytes downloaded from registries", registry=REGISTRY)
+PULL_SECONDS = Histogram(
+    "crid_image_pull_duration_seconds",
+    "Duration of successful image pulls",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
+PULLS_IN_FLIGHT = Gauge("crid_image_pulls_in_flight", "Image pulls in progress", registry=REGISTRY)
+
+
+def host_platform() -> tuple[str, str, str]:
+    """(os, architecture, variant) in OCI terms."""
+    machine = platform.machine().lower()
+    arch, variant = {
+        "x86_64": ("amd64", ""),
+        "amd64": ("amd64", ""),
+        "aarch64": ("arm64", "v8"),
+        "arm64": ("arm64", "v8"),
+        "armv7l": ("arm", "v7"),
+        "armv6l": ("arm", "v6"),
+        "ppc64le": ("ppc64le", ""),
+        "s390x": ("s390x", ""),
+        "riscv64": ("riscv64", ""),
+    }.get(machine, (machine, ""))
+    return "linux", arch, variant
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI chain ids: ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n))."""
+    out: list[str] = []
+    for d in diff_ids:
+        out.append(d if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+def user_of(config: dict[str, Any]) -> tuple[int | None, str]:
+    """uid or user name from the image config's User (``:group`` ignored)."""
+    user = str((config.get("config") or {}).get("User") or "").split(":", 1)[0]
+    if not user:
+        return None, ""
+    return (int(user), "") if user.isdigit() else (None, user)
+
+
+@dataclass(eq=False)
+class Progress:
+    """When a pull last moved forward; the watchdog cancels it when stuck."""
+
+    last: float = field(default_factory=time.monotonic)
+    busy: int = 0  # work without byte progress (an unpack) in flight
+
+    def tick(self, n: int = 0) -> None:
+        self.last = time.monotonic()
+        if n:
+            PULL_BYTES.inc(n)
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: str
+    size: int
+    compression: str
+    diff_id: str
+    chain_id: str
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise FailedPrecondition(f"{what} is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise FailedPrecondition(f"{what} is not a JSON object")
+    return doc
+
+
+def _descriptor(d: Any, what: str) -> tuple[str, int, str]:
+    if not isinstance(d, dict):
+        raise FailedPrecondition(f"{what}: descriptor is not an object")
+    digest, size, media = d.get("digest"), d.get("size"), d.get("mediaType", "")
+    if not isinstance(digest, str) or not SHA256_RE.match(digest):
+        raise FailedPrecondition(f"{what}: unsupported or invalid digest {digest!r}")
+    if not isinstance(size, int) or size < 0:
+        raise FailedPrecondition(f"{what} {digest}: invalid size {size!r}")
+    return digest, size, str(media)
+
+
+class Images:
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.content = ContentStore(config.root_dir)
+        self.snapshots = Snapshots(config.root_dir)
+        self.meta = ImageMetadata(store)
+        self.tokens = TokenCache()
+        self._session: aiohttp.ClientSession | None = None
+        self._blobs: SharedTasks[None] = SharedTasks()
+        self._unpacks: SharedTasks[None] = SharedTasks()
+        self._listeners: dict[str, set[Progress]] = {}
+        self._pinned: list[set[str]] = []  # blobs and chain ids that in-flight pulls hold
+        # chain ids in use by containers; the containers layer installs this
+        self.snapshots_in_use: Callable[[], set[str]] = set
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def recover(self) -> None:
+        """Drop what a killed daemon left half done: ingest files, unpacks in
+        progress, snapshot dirs or rows without their counterpart."""
+        self.content.clear_ingest()
+        self.snapshots.clear_tmp()
+        known = {s.num for s in self.meta.snapshots.values()}
+        for num in set(self.snapshots.numbers()) - known:
+            self.snapshots.remove(num)
+        for snap in list(self.meta.snapshots.values()):
+            if not self.snapshots.exists(snap.num):
+                self.meta.remove_snapshot(snap.chain_id)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=30, sock_read=self.config.images.pull_progress_timeout_seconds
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout,
+                connector=aiohttp.TCPConnector(limit=64),
+                headers={"User-Agent": "crid"},
+                trust_env=False,
+                auto_decompress=False,
+            )
+        return self._session
+
+    # --- pulling ---------------------------------------------------------------
+
+    async def pull(self, text: str, credentials: Credentials) -> str:
+        """Pull ``text``; returns the image id. Cancelled when it makes no
+        progress for the configured timeout or when the caller goes away."""
+        ref = parse(text)
+        started = time.monotonic()
+        progress = Progress()
+        pinned: set[str] = set()
+        self._pinned.append(pinned)
+        PULLS_IN_FLIGHT.inc()
+        job = asyncio.ensure_future(self._pull(ref, credentials, progress, pinned))
+        timeout = self.config.images.pull_progress_timeout_seconds
+        outcome = "error"
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=min(1.0, timeout))
+                if done:
+                    image_id = job.result()
+                    outcome = "success"
+                    PULL_SECONDS.observe(time.monotonic() - started)
+                    return image_id
+                if not progress.busy and time.monotonic() - progress.last > timeout:
+                    job.cancel()
+                    await asyncio.wait({job})
+                    raise Unavailable(f"pulling {ref} made no progress for {timeout:g}s; cancelled")
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            job.cancel()
+            await asyncio.wait({job})
+            raise
+        finally:
+            PULLS_IN_FLIGHT.dec()
+            PULLS.labels(outcome).inc()
+            self._pinned.remove(pinned)
+            if outcome != "success":
+                await self.gc()
+            log.info(
+                "pull finished",
+                extra=fields(ref=str(ref), outcome=outcome, seconds=round(time.monotonic() - started, 3)),
+            )
+
+    async def _pull(self, ref: Reference, credentials: Credentials, progress: Progress, pinned: set[str]) -> str:
+        hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)
+        repo = Repository(self._http(), hosts, ref.domain, ref.path, credentials, self.tokens)
+        top = await repo.manifest(ref.object, mt.MANIFEST_ACCEPT, resolve=not ref.digest)
+        progress.tick()
+        top_digest = "sha256:" + hashlib.sha256(top.body).hexdigest()
+        if ref.digest and top_digest != ref.digest:
+            raise FailedPrecondition(f"manifest {ref.digest}: digest mismatch: content hashes to {top_digest}")
+        doc = _json(top.body, f"manifest of {ref}")
+        media_type = str(doc.get("mediaType") or top.media_type)
+        if media_type in mt.SCHEMA1 or doc.get("schemaVersion") == 1:
+            raise FailedPrecondition(
+                f"{ref} is a Docker schema 1 image, which crid does not support; push it again with a "
+                "current tool (docker, buildah, skopeo) to get a schema 2 or OCI manifest"
+            )
+        blobs = [top_digest]
+        manifest_body, manifest_digest = top.body, top_digest
+        if media_type in mt.INDEXES or (not media_type and "manifests" in doc):
+            digest, size, media_type = self._pick_platform(doc, str(ref))
+            child = await repo.manifest(digest, mt.MANIFEST_ACCEPT, resolve=False)
+            progress.tick()
+            verify_bytes(child.body, digest, size, "manifest")
+            manifest_body, manifest_digest = child.body, digest
+            doc = _json(child.body, f"manifest {digest}")
+            media_type = str(doc.get("mediaType") or media_type or child.media_type)
+            blobs.append(digest)
+        if media_type not in mt.MANIFESTS and not (not media_type and "layers" in doc):
+            raise FailedPrecondition(f"{ref}: unsupported manifest media type {media_type!r}")
+
+        config_digest, config_size, config_media = _descriptor(doc.get("config"), f"config of {ref}")
+        if config_media not in mt.CONFIGS:
+            raise FailedPrecondition(f"{ref} is not a container image: its config has media type {config_media!r}")
+        if config_size > CONFIG_MAX_BYTES:
+            raise FailedPrecondition(f"config {config_digest} is {config_size} bytes, over the limit")
+        if self.content.exists(config_digest):
+            config_body = self.content.read(config_digest)
+        else:
+            config_body = await repo.blob_bytes(config_digest, CONFIG_MAX_BYTES)
+            progress.tick(len(config_body))
+        verify_bytes(config_body, config_digest, config_size, "config")
+        config = _json(config_body, f"config {config_digest}")
+        layers = self._layers(doc, config, str(ref))
+        pinned.update([config_digest, *blobs, *(lay.digest for lay in layers), *(lay.chain_id for lay in layers)])
+
+        self.content.put_bytes(top_digest, top.body)
+        self.content.put_bytes(manifest_digest, manifest_body)
+        self.content.put_bytes(config_digest, config_body)
+        await self._unpack_all(repo, layers, progress)
+
+        uid, username = user_of(config)
+        image = ImageRecord(
+            id=config_digest,
+            manifest_digest=manifest_digest,
+            manifest_media_type=media_type,
+            size=config_size + len(manifest_body) + sum(lay.size for lay in layers),
+            uid=uid,
+            username=username,
+            chain_ids=[lay.chain_id for lay in layers],
+            blobs=[*blobs, config_digest, *(lay.digest for lay in layers)],
+            created_at=now_ns(),
+        )
+        # name:tag@digest pulls by digest and records only the digest, as containerd does
+        tag = "" if ref.digest else ref.tagged_name
+        orphans = self.meta.put_image(image, tag, ref.with_digest(top_digest))
+        for orphan in orphans:
+            self.meta.remove_image(orphan)
+        return config_digest
+
+    def _pick_platform(self, index: dict[str, Any], ref: str) -> tuple[str, int, str]:
+        want_os, want_arch, want_variant = host_platform()
+        candidates: list[tuple[int, tuple[str, int, str]]] = []
+        seen = []
+        for entry in index.get("manifests") or []:
+            if not isinstance(entry, dict):
+                continue
+            plat = entry.get("platform") or {}
+            os_name, arch, variant = plat.get("os", ""), plat.get("architecture", ""), plat.get("variant", "")
+            seen.append("/".join(p for p in (os_name, arch, variant) if p))
+            if os_name != want_os or arch != want_arch:
+                continue
+            # an exact variant beats none, which beats another variant
+            score = 2 if variant == want_variant else 1 if not variant else 0
+            if score:
+                candidates.append((score, _descriptor(entry, f"index entry of {ref}")))
+        if not candidates:
+            raise NotFound(
+                f"{ref}: no image for {want_os}/{want_arch}{'/' + want_variant if want_variant else ''} "
+                f"in its index (it has: {', '.join(seen) or 'nothing'})"
+            )
+        candidates.sort(key=lambda c: -c[0])
+        return candidates[0][1]
+
+    def _layers(self, manifest: dict[str, Any], config: dict[str, Any], ref: str) -> list[Layer]:
+        descs = manifest.get("layers")
+        if not isinstance(descs, list):
+            raise FailedPrecondition(f"manifest of {ref} has no layer list")
+        rootfs = config.get("rootfs") or {}
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(descs):
+            raise FailedPrecondition(
+                f"{ref}: the config lists {len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids "
+                f"for {len(descs)} layers"
+            )
+        for d in diff_ids:
+            if not isinstance(d, str) or not SHA256_RE.match(d):
+                raise FailedPrecondition(f"{ref}: invalid diff_id {d!r} in the config")
+        chains = chain_ids(diff_ids)
+        layers = []
+        for i, desc in enumerate(descs):
+            digest, size, media = _descriptor(desc, f"layer {i} of {ref}")
+            compression = mt.LAYERS.get(media)
+            if compression is None:
+                raise FailedPrecondition(f"{ref}: layer {digest} has unsupported media type {media!r}")
+            layers.append(Layer(digest, size, compression, diff_ids[i], chains[i]))
+        return layers
+
+    # --- blobs and snapshots ------------------------------------------------------
+
+    def _progress_fn(self, digest: str) -> Callable[[int], None]:
+        def report(n: int) -> None:
+            for p in self._listeners.get(digest, ()):
+                p.tick(n)
+
+        return report
+
+    async def _fetch(self, repo: Repository, layer: Layer, limit: asyncio.Semaphore, progress: Progress) -> None:
+        if self.content.exists(layer.digest):
+            return
+        self._listeners.setdefault(layer.digest, set()).add(progress)
+
+        async def download() -> None:
+            async with limit:
+                if self.content.exists(layer.digest):
+                    return
+                ingest = self.content.writer(layer.digest, layer.size)
+                try:
+                    await repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
+                    await ingest.commit()
+                finally:
+                    ingest.discard()
+
+        try:
+            await self._blobs.run(layer.digest, download)
+        finally:
+            listeners = self._listeners.get(layer.digest)
+            if listeners is not None:
+                listeners.discard(progress)
+                if not listeners:
+                    del self._listeners[layer.digest]
+
+    def _snapshot_ready(self, chain_id: str) -> bool:
+        snap = self.meta.snapshots.get(chain_id)
+        return snap is not None and self.snapshots.exists(snap.num)
+
+    async def _unpack(self, layers: list[Layer], i: int, progress: Progress) -> None:
+        layer = layers[i]
+        loop = asyncio.get_running_loop()
+
+        async def unpack() -> None:
+            if self._snapshot_ready(layer.chain_id):
+                return
+            lowers = [self.snapshots.path(self.meta.snapshots[lay.chain_id].num) for lay in reversed(layers[:i])]
+            tmp = self.snapshots.new_tmp()
+            cancel = threading.Event()
+            work = loop.run_in_executor(
+                None,
+                apply_layer,
+                self.content.path(layer.digest),
+                layer.compression,
+                os.path.join(tmp, "fs"),
+                lowers,
+                layer.diff_id,
+                cancel,
+            )
+            progress.busy += 1
+            try:
+                stats: LayerStats = await asyncio.shield(work)
+            except BaseException:
+                cancel.set()
+                await asyncio.wait({work})  # the thread must stop writing before its dir goes
+                await loop.run_in_executor(None, shutil.rmtree, tmp, True)
+                raise
+            finally:
+                progress.busy -= 1
+                progress.tick()
+            num = self.meta.next_snapshot_num()
+            self.snapshots.commit(tmp, num)
+            parent = layers[i - 1].chain_id if i else None
+            self.meta.put_snapshot(
+                SnapshotRecord(layer.chain_id, num, parent, layer.diff_id, stats.bytes, stats.inodes)
+            )
+
+        await self._unpacks.run(layer.chain_id, unpack)
+
+    async def _unpack_all(self, repo: Repository, layers: list[Layer], progress: Progress) -> None:
+        limit = asyncio.Semaphore(self.config.images.max_concurrent_downloads)
+        fetches: dict[int, asyncio.Task[None]] = {}
+        for i, layer in enumerate(layers):
+            if not self._snapshot_ready(layer.chain_id) and not self.content.exists(layer.digest):
+                fetches[i] = asyncio.ensure_future(self._fetch(repo, layer, limit, progress))
+        try:
+            for i in range(len(layers)):
+                if i in fetches:
+                    await fetches[i]
+                await self._unpack(layers, i, progress)
+        finally:
+            pending = [t for t in fetches.values() if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            for t in fetches.values():  # failures after the first one are not news
+                if not t.cancelled():
+                    t.exception()
+
+    # --- reading --------------------------------------------------------------
+
+    def find(self, text: str) -> ImageRecord | None:
+        """An image by id, id prefix, repo tag, repo digest or short name."""
+        if not text:
+            return None
+        if SHA256_RE.match(text):
+            return self.meta.images.get(text)
+        if HEX64_RE.match(text):
+            return self.meta.images.get("sha256:" + text)
+        try:
+            ref = parse(text)
+        except CridError:
+            ref = None
+        if ref is not None:
+            name = ref.with_digest(ref.digest) if ref.digest else ref.tagged_name
+            image_id = self.meta.names.get(name)
+            if image_id is not None:
+                return self.meta.images.get(image_id)
+        if _HEX_PREFIX.match(text):
+            prefix = text if text.startswith("sha256:") else "sha256:" + text
+            matches = [img for iid, img in self.meta.images.items() if iid.startswith(prefix)]
+            if len(matches) == 1:
+                return matches[0]
+        return None
+
+    def all(self) -> list[ImageRecord]:
+        return list(self.meta.images.values())
+
+    def config_of(self, image: ImageRecord) -> dict[str, Any]:
+        return _json(self.content.read(image.id), f"config {image.id}")
+
+    def snapshot_dirs(self, image: ImageRecord) -> list[str]:
+        """The image's layer directories, top-most first."""
+        return [self.snapshots.path(self.meta.snapshots[c].num) for c in reversed(image.chain_ids)]
+
+    async def remove(self, text: str) -> None:
+        """Remove the image and all its names; unknown images are fine."""
+        image = self.find(text)
+        if image is None:
+            return
+        self.meta.remove_image(image.id)
+        log.info("image removed", extra=fields(id=image.id, names=image.tags + image.digests))
+        await self.gc()
+
+    # --- garbage collection and usage -------------------------------------------
+
+    async def gc(self) -> None:
+        """Delete blobs and snapshots that no image, container or running pull uses."""
+        keep: set[str] = set().union(*self._pinned) if self._pinned else set()
+        keep |= self._blobs.running() | self._unpacks.running() | self.snapshots_in_use()
+        for image in self.meta.images.values():
+            keep.update(image.blobs)
+            keep.update(image.chain_ids)
+        for digest in list(self.content.digests()):
+            if digest not in keep:
+                self.content.delete(digest)
+        doomed = []
+        for snap in list(self.meta.snapshots.values()):
+            if snap.chain_id not in keep:
+                self.meta.remove_snapshot(snap.chain_id)
+                doomed.append(self.snapshots.detach(snap.num))
+        loop = asyncio.get_running_loop()
+        for path in doomed:  # big trees: deleted off the event loop
+            await loop.run_in_executor(None, shutil.rmtree, path, True)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes, inodes) used by blobs and snapshots."""
+        used = inodes = 0
+        for digest in self.content.digests():
+            try:
+                used += self.content.size(digest)
+                inodes += 1
+            except FileNotFoundError:
+                continue
+        for snap in self.meta.snapshots.values():
+            used += snap.bytes
+            inodes += snap.inodes
+        return used, inodes

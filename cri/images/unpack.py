@@ -1,0 +1,320 @@
+"""Apply one image layer (a tar stream) to an empty snapshot directory.
+
+Runs in a worker thread. The layer is decompressed (gzip through isal, zstd,
+or none), its uncompressed bytes are hashed and must equal the config's
+diff_id. Each snapshot holds only its own layer's changes; overlayfs stacks
+them, so OCI whiteouts become overlay whiteouts (a 0/0 character device) and
+opaque markers the ``trusted.overlay.opaque`` xattr.
+
+Safety: no entry may leave the snapshot. Names are cleaned (an absolute name
+is taken relative to the root, as docker and containerd do); a ``..`` that
+climbs above the root, a path through a symlink (made by this layer or a
+lower one), or a hardlink to a target outside the root fails the whole
+unpack naming the entry. Files are created with O_NOFOLLOW|O_EXCL, and every
+directory on the way is checked with lstat, so nothing is written or removed
+outside the directory being unpacked.
+"""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import zstandard
+from isal import igzip_lib, igzip_threaded
+
+from cri.errors import FailedPrecondition, InvalidArgument
+
+OPAQUE = ".wh..wh..opq"
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+OPAQUE_XATTR = "trusted.overlay.opaque"
+_XATTR_PAX = "SCHILY.xattr."
+# an image may carry file capabilities and user xattrs; overlay/trusted ones
+# would let a layer forge whiteouts or redirects, so they are dropped
+_ALLOWED_XATTR_PREFIXES = ("security.", "user.")
+_COPY_CHUNK = 1024 * 1024
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeLayer(InvalidArgument):
+    """A layer entry that would escape its snapshot, or is otherwise refused."""
+
+
+class Cancelled(Exception):
+    """The pull was cancelled while this layer was being applied."""
+
+
+@dataclass
+class LayerStats:
+    diff_id: str
+    bytes: int
+    inodes: int
+
+
+class _HashingReader:
+    """Hashes and counts everything read through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_COPY_CHUNK):
+            pass
+
+
+@contextlib.contextmanager
+def _decompressed(path: str, compression: str) -> Iterator[IO[bytes]]:
+    if compression == "gzip":
+        with igzip_threaded.open(path, "rb", threads=1) as f:  # type: ignore[no-untyped-call]
+            yield f
+    elif compression == "zstd":
+        with (
+            open(path, "rb") as raw,
+            zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as f,
+        ):
+            yield f
+    elif compression == "none":
+        with open(path, "rb") as f:
+            yield f
+    else:
+        raise FailedPrecondition(f"unknown layer compression {compression!r}")
+
+
+def _clean(name: str, entry: str) -> list[str]:
+    """Path components of a tar name inside the root; refuses climbing out."""
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                raise UnsafeLayer(f"layer entry {entry!r} climbs out of the root with '..'")
+            parts.pop()
+        else:
+            parts.append(comp)
+    return parts
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class _Applier:
+    def __init__(self, target: str, lowers: list[str], cancel: threading.Event | None) -> None:
+        self.target = target
+        self.lowers = lowers  # top-most first
+        self.cancel = cancel
+        self.dirs: list[tuple[str, tarfile.TarInfo]] = []
+        self.bytes = 0
+        self.inodes = 0
+
+    # --- lookups -----------------------------------------------------------
+
+    def _lower_lstat(self, rel: str) -> os.stat_result | None:
+        """The top-most lower layer's entry at ``rel`` (None if absent or whited out)."""
+        for lower in self.lowers:
+            try:
+                st = os.lstat(os.path.join(lower, rel))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            return None if _is_whiteout(st) else st
+        return None
+
+    def _parent(self, parts: list[str], entry: str) -> str:
+        """Make sure the directories ``parts`` exist in the snapshot, refusing
+        any that is a symlink here or in a lower layer; returns the path."""
+        path = self.target
+        for i, comp in enumerate(parts):
+            path = os.path.join(path, comp)
+            rel = "/".join(parts[: i + 1])
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    raise UnsafeLayer(f"layer entry {entry!r} goes through the symlink {rel!r}")
+                raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory")
+            lower = self._lower_lstat(rel)
+            if lower is not None and stat.S_ISLNK(lower.st_mode):
+                raise UnsafeLayer(f"layer entry {entry!r} goes through the symlink {rel!r} of a lower layer")
+            if lower is not None and not stat.S_ISDIR(lower.st_mode):
+                raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory in a lower layer")
+            os.mkdir(path, 0o755)
+            if lower is not None:  # keep the lower dir's owner and mode on the implied copy
+                os.lchown(path, lower.st_uid, lower.st_gid)
+                os.chmod(path, stat.S_IMODE(lower.st_mode))
+            self.inodes += 1
+        return path
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    # --- metadata ----------------------------------------------------------
+
+    @staticmethod
+    def _xattrs(path: str, member: tarfile.TarInfo) -> None:
+        for key, value in member.pax_headers.items():
+            if not key.startswith(_XATTR_PAX):
+                continue
+            name = key[len(_XATTR_PAX) :]
+            if name.startswith(_ALLOWED_XATTR_PREFIXES):
+                try:
+                    os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+                except OSError as exc:
+                    raise FailedPrecondition(
+                        f"layer entry {member.name!r}: cannot set xattr {name}: {exc.strerror}"
+                    ) from None
+
+    def _meta(self, path: str, member: tarfile.TarInfo) -> None:
+        os.lchown(path, member.uid, member.gid)
+        if not member.issym():
+            os.chmod(path, member.mode & 0o7777)  # after chown, which clears setuid bits
+        self._xattrs(path, member)
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+    # --- entries -----------------------------------------------------------
+
+    def _file(self, path: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        fd = os.open(path, _FILE_FLAGS, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            src = tar.extractfile(member)
+            if src is not None:
+                shutil.copyfileobj(src, out, _COPY_CHUNK)
+        self.bytes += member.size
+
+    def _hardlink(self, path: str, member: tarfile.TarInfo, entry: str) -> None:
+        parts = _clean(member.linkname, entry)
+        if not parts:
+            raise UnsafeLayer(f"layer entry {entry!r} is a hardlink to the root")
+        rel = "/".join(parts)
+        source = os.path.join(self._parent(parts[:-1], entry), parts[-1])
+        try:
+            st = os.lstat(source)
+        except FileNotFoundError:
+            lower = next((os.path.join(lw, rel) for lw in self.lowers if os.path.lexists(os.path.join(lw, rel))), None)
+            if lower is None or not stat.S_ISREG(os.lstat(lower).st_mode):
+                raise UnsafeLayer(f"layer entry {entry!r} links to {member.linkname!r}, which does not exist") from None
+            shutil.copy2(lower, source, follow_symlinks=False)  # copy up, as overlayfs would
+            st = os.lstat(source)
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeLayer(f"layer entry {entry!r} is a hardlink to the directory {member.linkname!r}")
+        os.link(source, path, follow_symlinks=False)
+
+    def apply(self, tar: tarfile.TarFile) -> None:
+        for member in tar:
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled()
+            self._entry(member, tar)
+        for path, member in reversed(self.dirs):  # deepest last-made first: children no longer change mtimes
+            self._meta(path, member)
+
+    def _entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        entry = member.name
+        parts = _clean(entry, entry)
+        if not parts:
+            if member.isdir():
+                self.dirs.append((self.target, member))
+            return
+        base = parts[-1]
+        if base == OPAQUE:
+            d = self._parent(parts[:-1], entry)
+            os.setxattr(d, OPAQUE_XATTR, b"y")
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            return  # aufs bookkeeping (.wh..wh.plnk and the like): nothing to apply
+        if base.startswith(WHITEOUT_PREFIX):
+            name = base[len(WHITEOUT_PREFIX) :]
+            if name in ("", ".", ".."):
+                raise UnsafeLayer(f"layer entry {entry!r} is a whiteout of {name!r}")
+            parent = self._parent(parts[:-1], entry)
+            path = os.path.join(parent, name)
+            self._remove(path)
+            os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+            self.inodes += 1
+            return
+        parent = self._parent(parts[:-1], entry)
+        path = os.path.join(parent, base)
+        if member.isdir():
+            try:
+                st: os.stat_result | None = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                self._remove(path)
+                os.mkdir(path, 0o700)
+                self.inodes += 1
+            self.dirs.append((path, member))
+            return
+        self._remove(path)
+        if member.isreg():
+            self._file(path, member, tar)
+        elif member.issym():
+            os.symlink(member.linkname, path)
+        elif member.islnk():
+            self._hardlink(path, member, entry)
+            self.inodes += 1
+            return  # a hardlink shares its target's metadata
+        elif member.ischr() or member.isblk() or member.isfifo():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
+            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+        else:
+            raise UnsafeLayer(f"layer entry {entry!r} has an unsupported type {member.type!r}")
+        self.inodes += 1
+        self._meta(path, member)
+
+
+def apply_layer(
+    blob: str,
+    compression: str,
+    target: str,
+    lowers: list[str],
+    diff_id: str,
+    cancel: threading.Event | None = None,
+) -> LayerStats:
+    """Unpack ``blob`` into the empty directory ``target`` and check its diff_id.
+
+    ``lowers`` are the directories of the layers below, top-most first: they
+    are read (never written) to refuse paths through their symlinks."""
+    with _decompressed(blob, compression) as stream:
+        reader = _HashingReader(stream)
+        applier = _Applier(target, lowers, cancel)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
+                applier.apply(tar)
+            reader.drain()
+        except tarfile.TarError as exc:
+            raise FailedPrecondition(f"layer {diff_id}: not a valid tar stream: {exc}") from None
+        except (OSError, EOFError, zstandard.ZstdError, igzip_lib.IsalError) as exc:
+            if isinstance(exc, OSError) and exc.filename:
+                raise
+            raise FailedPrecondition(f"layer {diff_id}: cannot decompress: {exc}") from None
+    got = "sha256:" + reader.hash.hexdigest()
+    if got != diff_id:
+        raise FailedPrecondition(f"layer {diff_id}: diff_id mismatch: the uncompressed layer hashes to {got}")
+    return LayerStats(diff_id=got, bytes=applier.bytes, inodes=applier.inodes)
