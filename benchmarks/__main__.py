@@ -1,39 +1,93 @@
-"""``python -m benchmarks``: measure crid's CRI round trip.
+"""``python -m benchmarks``: crid against containerd, side by side, in one run.
 
-The side-by-side harness against containerd grows here (issue 6); for now it
-starts one crid daemon and reports the latency of the Version RPC.
+    python -m benchmarks                          # every workload, default counts
+    python -m benchmarks --workload version --count 500 --runs 3
+    python -m benchmarks --list                   # the workloads and what they need
+
+Results go to ``--results DIR`` (default benchmarks/results): results.json,
+results.md, samples.json and latency.png. Needs root (containerd, runc).
 """
 
 import argparse
-import statistics
-import tempfile
-import time
+import os
+import shlex
+import signal
+import sys
 from pathlib import Path
+from types import FrameType
 
-from cri.api.v1 import api_pb2 as pb
-from tests.e2e.harness import CridProcess
+from benchmarks.harness import DEFAULT_RUNS, Options, run, select
+
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--count", type=int, default=2000, help="calls per workload")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="crid-bench-", dir="/tmp") as tmp:
-        daemon = CridProcess(Path(tmp), settings={"log": {"level": "info", "format": "json"}}).start()
-        try:
-            client = daemon.client
-            client.runtime.Version(pb.VersionRequest())
-            samples = []
-            for _ in range(args.count):
-                t0 = time.perf_counter()
-                client.runtime.Version(pb.VersionRequest())
-                samples.append(time.perf_counter() - t0)
-        finally:
-            daemon.stop()
-    samples.sort()
-    p50 = statistics.median(samples) * 1e6
-    p95 = samples[int(len(samples) * 0.95) - 1] * 1e6
-    print(f"crid Version round trip: p50 {p50:.0f} us, p95 {p95:.0f} us, max {samples[-1] * 1e6:.0f} us")
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C so that everything started is stopped."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--workload",
+        action="append",
+        metavar="NAME",
+        help="run only this workload (repeatable; default: all, see --list)",
+    )
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, metavar="DIR", help="output directory")
+    p.add_argument("--count", type=int, help="samples per round and runtime (default: per workload)")
+    p.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="A/B rounds (crid, containerd, crid, ...)")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    return p
+
+
+def _list() -> None:
+    for w in select(None):
+        needs = []
+        if w.rpcs:
+            needs.append("RPCs " + ", ".join(w.rpcs))
+        if w.needs_images:
+            needs.append("test images")
+        extra = f"  [needs {'; '.join(needs)}]" if needs else ""
+        print(f"{w.name:24} {w.kind:3}  count {w.count:<5} {w.title}{extra}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list:
+        _list()
+        return 0
+    if os.geteuid() != 0:
+        print("benchmarks: containerd and runc need root", file=sys.stderr)
+        return 2
+    try:
+        select(args.workload)
+    except ValueError as exc:
+        print(f"benchmarks: {exc}", file=sys.stderr)
+        return 2
+    command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    options = Options(
+        results_dir=args.results, workloads=args.workload, count=args.count, runs=args.runs, command=command
+    )
+    previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        results = run(options)
+    except (KeyboardInterrupt, Terminated) as exc:
+        print(f"benchmarks: interrupted ({type(exc).__name__} {exc}); everything started was stopped")
+        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(results.files["markdown"].read_text())
+    for kind, path in results.files.items():
+        print(f"{kind}: {path}")
+    failed = results.failed()
+    if failed:
+        print("failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -40,6 +40,13 @@ _XATTR_PAX = "SCHILY.xattr."
 # would let a layer forge whiteouts or redirects, so they are dropped
 _ALLOWED_XATTR_PREFIXES = ("security.", "user.")
 _COPY_CHUNK = 1024 * 1024
+# isal's stub declares IsalError as an instance; at run time it is a class
+_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    zstandard.ZstdError,
+    igzip_lib.IsalError,  # type: ignore[assignment]
+)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -310,7 +317,7 @@ def apply_layer(
             reader.drain()
         except tarfile.TarError as exc:
             raise FailedPrecondition(f"layer {diff_id}: not a valid tar stream: {exc}") from None
-        except (OSError, EOFError, zstandard.ZstdError, igzip_lib.IsalError) as exc:
+        except _DECOMPRESS_ERRORS as exc:
             if isinstance(exc, OSError) and exc.filename:
                 raise
             raise FailedPrecondition(f"layer {diff_id}: cannot decompress: {exc}") from None
