@@ -15,6 +15,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_FOREIGN_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"  # containerd's name for it
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
@@ -33,6 +34,7 @@ LAYERS = {
     OCI_LAYER_NONDIST_ZSTD: "zstd",
     DOCKER_LAYER_GZIP: "gzip",
     DOCKER_LAYER_FOREIGN_GZIP: "gzip",
+    DOCKER_LAYER_ZSTD: "zstd",
     # some registries and old builders send these for uncompressed docker layers
     "application/vnd.docker.image.rootfs.diff.tar": "none",
 }

@@ -29,7 +29,7 @@ from typing import IO
 import zstandard
 from isal import igzip_lib, igzip_threaded
 
-from cri.errors import FailedPrecondition, InvalidArgument
+from cri.errors import FailedPrecondition
 
 OPAQUE = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
@@ -50,7 +50,7 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class UnsafeLayer(InvalidArgument):
+class UnsafeLayer(FailedPrecondition):
     """A layer entry that would escape its snapshot, or is otherwise refused."""
 
 
