@@ -288,18 +288,20 @@ class Repository:
                 if sink.offset and resp.status != 206:
                     await sink.reset()  # the server ignored Range: start over
                 buf = bytearray()
-                async for chunk in resp.content.iter_any():
-                    buf += chunk
-                    progress(len(chunk))
-                    if sink.offset + len(buf) > size:
-                        raise FailedPrecondition(
-                            f"blob {digest} is larger than its descriptor says ({size} bytes): digest mismatch"
-                        )
-                    if len(buf) >= CHUNK_BYTES:
+                try:
+                    async for chunk in resp.content.iter_any():
+                        buf += chunk
+                        progress(len(chunk))
+                        if sink.offset + len(buf) > size:
+                            raise FailedPrecondition(
+                                f"blob {digest} is larger than its descriptor says ({size} bytes): digest mismatch"
+                            )
+                        if len(buf) >= CHUNK_BYTES:
+                            await sink.write(bytes(buf))
+                            buf.clear()
+                finally:
+                    if buf:  # what arrived before a break is kept: the retry resumes after it
                         await sink.write(bytes(buf))
-                        buf.clear()
-                if buf:
-                    await sink.write(bytes(buf))
                 if sink.offset < size:
                     raise _Retryable(f"blob {digest} ended after {sink.offset} of {size} bytes")
 

@@ -1,0 +1,226 @@
+"""The registry client against small in-process HTTP servers: redirects
+without credentials, Range resume after a broken download, retries on 5xx,
+auth challenges, and host fallback."""
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from cri.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from cri.images import registry as registry_mod
+from cri.images.auth import Credentials, TokenCache
+from cri.images.content import ContentStore
+from cri.images.hosts import RegistryHost
+from cri.images.registry import Repository
+
+DATA = os.urandom(300_000)
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve(routes: dict[str, Handler]) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_route("*", path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_mod, "BACKOFF_SECONDS", (0.01, 0.01, 0.01))
+
+
+def repo(session: aiohttp.ClientSession, *netlocs: str, creds: Credentials | None = None) -> Repository:
+    hosts = [RegistryHost("http", n) for n in netlocs]
+    return Repository(session, hosts, "reg.test", "lib/x", creds or Credentials(), TokenCache())
+
+
+async def fetch(r: Repository, tmp_path: Path) -> bytes:
+    store = ContentStore(str(tmp_path))
+    sink = store.writer(DIGEST, len(DATA))
+    try:
+        await r.blob(DIGEST, len(DATA), sink, lambda n: None)
+        await sink.commit()
+    finally:
+        sink.discard()
+    return store.read(DIGEST)
+
+
+async def test_redirect_to_another_host_drops_credentials(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    async def storage(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=DATA)
+
+    store_runner, store_host = await serve({"/blob": storage})
+
+    async def blob(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != Credentials("u", "p").basic_header():
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        raise web.HTTPTemporaryRedirect(f"http://{store_host}/blob")
+
+    reg_runner, reg_host = await serve({f"/v2/lib/x/blobs/{DIGEST}": blob})
+    try:
+        assert await fetch(repo(session, reg_host, creds=Credentials("u", "p")), tmp_path) == DATA
+        assert seen == [None]
+    finally:
+        await reg_runner.cleanup()
+        await store_runner.cleanup()
+
+
+async def test_broken_download_resumes_with_range(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    ranges: list[str | None] = []
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        rng = request.headers.get("Range")
+        ranges.append(rng)
+        if rng is None:  # first attempt: send half, then drop the connection
+            resp = web.StreamResponse(headers={"Content-Length": str(len(DATA))})
+            await resp.prepare(request)
+            await resp.write(DATA[: len(DATA) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        start = int(rng.removeprefix("bytes=").rstrip("-"))
+        return web.Response(
+            status=206, body=DATA[start:], headers={"Content-Range": f"bytes {start}-{len(DATA) - 1}/{len(DATA)}"}
+        )
+
+    runner, host = await serve({f"/v2/lib/x/blobs/{DIGEST}": blob})
+    try:
+        assert await fetch(repo(session, host), tmp_path) == DATA
+        assert ranges[0] is None and ranges[1] is not None and ranges[1] != "bytes=0-"
+    finally:
+        await runner.cleanup()
+
+
+async def test_server_ignoring_range_starts_over(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    calls = 0
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            resp = web.StreamResponse(headers={"Content-Length": str(len(DATA))})
+            await resp.prepare(request)
+            await resp.write(DATA[:1000])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return web.Response(body=DATA)  # 200 with the whole blob despite the Range header
+
+    runner, host = await serve({f"/v2/lib/x/blobs/{DIGEST}": blob})
+    try:
+        assert await fetch(repo(session, host), tmp_path) == DATA
+    finally:
+        await runner.cleanup()
+
+
+async def test_5xx_is_retried_then_reported(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    calls = 0
+
+    async def flaky(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        return web.Response(status=503) if calls < 3 else web.Response(body=DATA)
+
+    runner, host = await serve({f"/v2/lib/x/blobs/{DIGEST}": flaky})
+    try:
+        assert await fetch(repo(session, host), tmp_path) == DATA
+        assert calls == 3
+    finally:
+        await runner.cleanup()
+
+    async def down(request: web.Request) -> web.Response:
+        return web.Response(status=502)
+
+    runner, host = await serve({f"/v2/lib/x/blobs/{DIGEST}": down})
+    try:
+        with pytest.raises(Unavailable, match="HTTP 502"):
+            await fetch(repo(session, host), tmp_path)
+    finally:
+        await runner.cleanup()
+
+
+async def test_oversized_blob_is_cut_off(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    async def blob(request: web.Request) -> web.Response:
+        return web.Response(body=DATA + b"more")
+
+    runner, host = await serve({f"/v2/lib/x/blobs/{DIGEST}": blob})
+    try:
+        with pytest.raises(FailedPrecondition, match="larger than its descriptor"):
+            await fetch(repo(session, host), tmp_path)
+        assert os.listdir(tmp_path / "content" / "ingest") == []
+    finally:
+        await runner.cleanup()
+
+
+async def test_manifest_fallback_and_not_found(session: aiohttp.ClientSession) -> None:
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    async def manifest(request: web.Request) -> web.Response:
+        return web.Response(body=b"{}", content_type="application/vnd.oci.image.manifest.v1+json")
+
+    r1, mirror = await serve({"/v2/lib/x/manifests/v1": missing})
+    r2, origin = await serve({"/v2/lib/x/manifests/v1": manifest})
+    try:
+        got = await repo(session, mirror, origin).manifest("v1", "*/*", resolve=True)
+        assert got.body == b"{}" and got.host.netloc == origin
+        with pytest.raises(NotFound, match="not found"):
+            await repo(session, mirror).manifest("v1", "*/*", resolve=True)
+    finally:
+        await r1.cleanup()
+        await r2.cleanup()
+
+
+async def test_bearer_flow_and_token_cache(session: aiohttp.ClientSession) -> None:
+    token_requests: list[dict[str, str]] = []
+
+    async def token(request: web.Request) -> web.Response:
+        token_requests.append(dict(request.query))
+        if request.headers.get("Authorization") != Credentials("u", "p").basic_header():
+            return web.Response(status=401)
+        return web.json_response({"token": "T0K", "expires_in": 300})
+
+    r_tok, tok_host = await serve({"/token": token})
+
+    async def manifest(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer T0K":
+            challenge = f'Bearer realm="http://{tok_host}/token",service="reg",scope="repository:lib/x:pull"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        return web.Response(body=b"{}")
+
+    r_reg, reg_host = await serve({"/v2/lib/x/manifests/v1": manifest})
+    try:
+        tokens = TokenCache()
+        hosts = [RegistryHost("http", reg_host)]
+        for _ in range(2):
+            r = Repository(session, hosts, "reg", "lib/x", Credentials("u", "p"), tokens)
+            assert (await r.manifest("v1", "*/*", resolve=True)).body == b"{}"
+        assert token_requests == [{"service": "reg", "scope": "repository:lib/x:pull"}]  # cached the 2nd time
+        bad = Repository(session, hosts, "reg", "lib/x", Credentials("u", "nope"), tokens)
+        with pytest.raises(PermissionDenied, match="refused the credentials") as err:
+            await bad.manifest("v1", "*/*", resolve=True)
+        assert "nope" not in str(err.value)
+    finally:
+        await r_reg.cleanup()
+        await r_tok.cleanup()
