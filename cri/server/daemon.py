@@ -13,9 +13,11 @@ import signal
 import grpc
 
 import cri
+from cri.cni import CniManager
 from cri.config import Config
 from cri.images.manager import Images
 from cri.log import fields
+from cri.runtime.pods import Pods
 from cri.server.image_service import ImageServicer
 from cri.server.listener import Ownership, StartupError, make_dir
 from cri.server.metrics import MetricsServer
@@ -34,7 +36,7 @@ class Daemon:
         self._ownership = Ownership(config.root_dir, config.grpc.socket)
         self._metrics: MetricsServer | None = None
 
-    def _grpc_server(self, images: Images) -> grpc.aio.Server:
+    def _grpc_server(self, images: Images, pods: Pods) -> grpc.aio.Server:
         limit = self.config.grpc.max_message_mib * 1024 * 1024
         server = grpc.aio.server(
             options=[
@@ -44,16 +46,17 @@ class Daemon:
         )
         server.add_generic_rpc_handlers(
             (
-                service_handler("RuntimeService", RuntimeServicer(self.config), self.gate),
+                service_handler("RuntimeService", RuntimeServicer(self.config, pods), self.gate),
                 service_handler("ImageService", ImageServicer(images), self.gate),
             )
         )
         return server
 
-    async def _recover(self, images: Images) -> None:
+    async def _recover(self, images: Images, pods: Pods) -> None:
         """Finish or undo what a killed daemon left half done; RPCs answer
         UNAVAILABLE until this returns."""
         await asyncio.get_running_loop().run_in_executor(None, images.recover)
+        await pods.recover()
 
     def request_stop(self, signame: str) -> None:
         log.info("shutting down", extra=fields(signal=signame))
@@ -66,16 +69,18 @@ class Daemon:
         self._ownership.claim()
         store = Store(cfg.root_dir)
         images = Images(cfg, store)
+        cni = CniManager(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root_dir, "cni", "results"))
+        pods = Pods(cfg, store, cni)
         try:
-            return await self._serve(images)
+            return await self._serve(images, pods)
         finally:
             await images.close()
             store.close()
             self._ownership.release(remove_socket=True)
 
-    async def _serve(self, images: Images) -> int:
+    async def _serve(self, images: Images, pods: Pods) -> int:
         cfg = self.config
-        server = self._grpc_server(images)
+        server = self._grpc_server(images, pods)
         target = f"unix://{cfg.grpc.socket}"
         try:
             server.add_insecure_port(target)
@@ -97,7 +102,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
-        await self._recover(images)
+        await self._recover(images, pods)
         self.gate.open = True
         log.info(
             "crid started",

@@ -65,7 +65,7 @@ def test_runtime_config(crid: CridProcess) -> None:
 @pytest.mark.parametrize(
     ("service", "method", "request_msg"),
     [
-        ("runtime", "RunPodSandbox", pb.RunPodSandboxRequest()),
+        ("runtime", "Attach", pb.AttachRequest()),
         ("runtime", "ExecSync", pb.ExecSyncRequest()),
         ("runtime", "CreateContainer", pb.CreateContainerRequest()),
         ("runtime", "PortForward", pb.PortForwardRequest()),

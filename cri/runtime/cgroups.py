@@ -1,0 +1,102 @@
+"""Pod cgroups with the cgroupfs driver, on cgroup v1, v2 or both (hybrid).
+
+kubelet normally creates a pod's cgroup (``cgroup_parent``) before
+RunPodSandbox; crid creates whatever part of it is missing, in every
+hierarchy, remembers what it created, and removes exactly that when the pod
+goes. Containers get their own cgroups below it from the OCI runtime.
+"""
+
+import contextlib
+import errno
+import os
+import time
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def hierarchies(root: str = CGROUP_ROOT) -> list[str]:
+    """Mounted hierarchies: the v1 controllers (and the hybrid ``unified``
+    v2 mount), or the root itself on a pure v2 host."""
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return [root]
+    out = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            out.append(path)
+    return out
+
+
+def _relative(cgroup_parent: str) -> str:
+    parts = [p for p in cgroup_parent.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"invalid cgroup path {cgroup_parent!r}")
+    return "/".join(parts)
+
+
+def _inherit_cpuset(path: str) -> None:
+    # a new v1 cpuset is unusable until it has cpus and mems: copy the parent's
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        own = os.path.join(path, name)
+        if os.path.exists(own):
+            with open(own) as f:
+                if f.read().strip():
+                    continue
+            with open(os.path.join(os.path.dirname(path), name)) as f:
+                value = f.read().strip()
+            with open(own, "w") as f:
+                f.write(value)
+
+
+def ensure(cgroup_parent: str, root: str = CGROUP_ROOT) -> list[str]:
+    """Create the missing directories of ``cgroup_parent`` in every hierarchy;
+    returns the directories created (parents before children)."""
+    rel = _relative(cgroup_parent)
+    if not rel:
+        return []
+    created: list[str] = []
+    try:
+        for hierarchy in hierarchies(root):
+            path = hierarchy
+            for part in rel.split("/"):
+                path = os.path.join(path, part)
+                try:
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    continue
+                created.append(path)
+                if os.path.basename(hierarchy) == "cpuset":
+                    _inherit_cpuset(path)
+    except BaseException:
+        remove(created)
+        raise
+    return created
+
+
+def remove(created: list[str], timeout: float = 5.0) -> None:
+    """Remove directories made by ``ensure`` (children first). A cgroup still
+    holding a dying process is busy for a moment: retry briefly."""
+    for path in reversed(created):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def procs(cgroup_parent: str, root: str = CGROUP_ROOT) -> set[int]:
+    """Pids in the pod's cgroup tree (any hierarchy; for cleanup checks)."""
+    rel = _relative(cgroup_parent)
+    found: set[int] = set()
+    for hierarchy in hierarchies(root):
+        for dirpath, _, files in os.walk(os.path.join(hierarchy, rel)):
+            if "cgroup.procs" in files:
+                with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    found.update(int(line) for line in f if line.strip())
+    return found

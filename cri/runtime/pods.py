@@ -1,0 +1,325 @@
+"""Pod sandboxes: run, stop, remove, look up, and recover after a restart.
+
+RunPodSandbox records the pod (state ``creating``) before it touches the
+system, then: cgroup, namespaces (pinned, no pause image), CNI ADD, sysctls,
+hostname/hosts/resolv.conf, /dev/shm, and the infra process when the pod
+shares a PID namespace. Any failure undoes every step. The work runs in its
+own task, so a kubelet whose deadline expires does not interrupt it; a retry
+with the same name and config gets the same sandbox.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+
+from cri.api.v1 import api_pb2 as pb
+from cri.cni import CniManager, PodNetwork, PortMapping
+from cri.config import Config
+from cri.errors import AlreadyExists, InvalidArgument, NotFound
+from cri.log import fields
+from cri.runtime import cgroups, infra, namespaces, podfiles
+from cri.runtime.oci import OciRuntime
+from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
+from cri.store import Store
+
+log = logging.getLogger(__name__)
+
+_PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
+
+ContainerHook = Callable[[Sandbox], Awaitable[None]]
+
+
+async def _no_containers(sb: Sandbox) -> None:
+    return None
+
+
+def reserved_name(meta: pb.PodSandboxMetadata) -> str:
+    return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+
+
+def _ns_options(config: pb.PodSandboxConfig) -> pb.NamespaceOption:
+    return config.linux.security_context.namespace_options
+
+
+def host_network(config: pb.PodSandboxConfig) -> bool:
+    return _ns_options(config).network == pb.NODE
+
+
+def validate(config: pb.PodSandboxConfig) -> None:
+    meta = config.metadata
+    missing = [f for f in ("name", "uid", "namespace") if not getattr(meta, f)]
+    if missing:
+        raise InvalidArgument(f"pod sandbox metadata lacks {', '.join(missing)}")
+    opts = _ns_options(config)
+    if opts.network not in (pb.POD, pb.NODE):
+        raise InvalidArgument("pod network namespace must be POD or NODE")
+    if opts.pid not in (pb.POD, pb.CONTAINER, pb.NODE):
+        raise InvalidArgument("pod PID namespace must be POD, CONTAINER or NODE")
+    own = {"uts", "net"} if opts.network != pb.NODE else set()
+    if opts.ipc != pb.NODE:
+        own.add("ipc")
+    for key in config.linux.sysctls:
+        ns = namespaces.sysctl_namespace(key)
+        if ns not in own:
+            raise InvalidArgument(f"sysctl {key!r} needs the pod's own {ns} namespace, but the pod uses the host's")
+        namespaces.sysctl_path(key)
+
+
+class Pods:
+    def __init__(self, config: Config, store: Store, cni: CniManager) -> None:
+        self.config = config
+        self.cni = cni
+        self.store = SandboxStore(store)
+        self._tasks: dict[str, asyncio.Task[str]] = {}  # reserved name -> RunPodSandbox work
+        self._locks: dict[str, asyncio.Lock] = {}
+        # installed by the containers layer: stop / remove every container of a pod
+        self.stop_containers: ContainerHook = _no_containers
+        self.remove_containers: ContainerHook = _no_containers
+
+    # --- helpers -----------------------------------------------------------------
+
+    def runtime(self, handler: str) -> OciRuntime:
+        name = handler or self.config.runtime.default_handler
+        h = self.config.runtime.handlers.get(name)
+        if h is None:
+            raise NotFound(
+                f"no runtime handler {name!r} is configured (known: {', '.join(self.config.runtime.handlers)})"
+            )
+        return OciRuntime(name, h.binary, self.config.handler_root(name))
+
+    def files_dir(self, sb: Sandbox) -> str:
+        return os.path.join(self.config.root_dir, "sandboxes", sb.id)
+
+    def state_dir(self, sb: Sandbox) -> str:
+        return os.path.join(self.config.state_dir, "sandboxes", sb.id)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    @staticmethod
+    async def _ns(fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(namespaces.EXECUTOR, fn, *args)
+
+    # --- RunPodSandbox ----------------------------------------------------------------
+
+    async def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
+        validate(config)
+        self.runtime(handler)
+        name = reserved_name(config.metadata)
+        fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + handler.encode()).hexdigest()
+        existing = self.store.by_name.get(name)
+        if existing is not None:
+            sb = self.store.by_id[existing]
+            if sb.fingerprint != fingerprint:
+                raise AlreadyExists(f"pod sandbox name {name!r} is already reserved for sandbox {sb.id}")
+            task = self._tasks.get(name)
+            if task is not None:  # a retry after the client's deadline: join the work in progress
+                return await asyncio.shield(task)
+            return sb.id
+        sb = Sandbox(
+            id=new_id(),
+            name=name,
+            fingerprint=fingerprint,
+            handler=handler,
+            state=State.CREATING,
+            created_at=time.time_ns(),
+            config=config,
+        )
+        self.store.add(sb)
+        task = asyncio.ensure_future(self._create(sb))
+        self._tasks[name] = task
+        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
+        return await asyncio.shield(task)
+
+    async def _create(self, sb: Sandbox) -> str:
+        config = sb.config
+        opts = _ns_options(config)
+        started = time.monotonic()
+        try:
+            async with self._lock(sb.id):
+                await self._setup(sb, config, opts)
+                sb.state = State.READY
+                self.store.save(sb)
+        except BaseException as exc:
+            log.info("pod sandbox failed, undoing", extra=fields(id=sb.id, name=sb.name, error=str(exc)))
+            with contextlib.suppress(Exception):
+                await self._release(sb, final=True)
+            self.store.delete(sb)
+            raise
+        log.info(
+            "pod sandbox ready",
+            extra=fields(id=sb.id, name=sb.name, ips=sb.ips, seconds=round(time.monotonic() - started, 4)),
+        )
+        return sb.id
+
+    async def _setup(self, sb: Sandbox, config: pb.PodSandboxConfig, opts: pb.NamespaceOption) -> None:
+        files, state = self.files_dir(sb), self.state_dir(sb)
+        os.makedirs(files, mode=0o711, exist_ok=True)
+        os.makedirs(state, mode=0o711, exist_ok=True)
+        hostnet = opts.network == pb.NODE
+        if config.linux.cgroup_parent:
+            sb.cgroups = cgroups.ensure(config.linux.cgroup_parent)
+            self.store.save(sb)
+        kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
+        hostname = config.hostname or config.metadata.name
+        sb.namespaces = {k: os.path.join(state, k) for k in kinds}
+        self.store.save(sb)  # before creating: recovery unmounts these paths if we die midway
+        await self._ns(namespaces.create, state, kinds, hostname)
+        if not hostnet:
+            sb.network_added = True
+            self.store.save(sb)
+            result = await self.cni.setup(self._pod_network(sb))
+            sb.ips = list(result.ips)
+            self.store.save(sb)
+        if config.linux.sysctls:
+            await self._ns(namespaces.apply_sysctls, sb.namespaces, dict(config.linux.sysctls))
+        dns = None
+        if config.HasField("dns_config"):
+            d = config.dns_config
+            dns = podfiles.DnsConfig(tuple(d.servers), tuple(d.searches), tuple(d.options))
+        podfiles.write_pod_files(files, hostname, sb.ips, dns, hostnet)
+        if opts.ipc != pb.NODE:
+            sb.shm = os.path.join(state, "shm")
+            self.store.save(sb)
+            podfiles.mount_shm(sb.shm)
+        if opts.pid == pb.POD:
+            runtime = self.runtime(sb.handler)
+            rootfs = infra.ensure_rootfs(self.config.root_dir)
+            cg = config.linux.cgroup_parent.rstrip("/")
+            cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
+            sb.infra_pid = -1  # marks "infra may exist" for recovery
+            self.store.save(sb)
+            ns = {k: v for k, v in sb.namespaces.items()}
+            sb.infra_pid = await infra.start(
+                runtime, os.path.join(state, "infra"), infra.infra_id(sb.id), rootfs, ns, cgroups_path
+            )
+            self.store.save(sb)
+
+    def _pod_network(self, sb: Sandbox) -> PodNetwork:
+        meta = sb.config.metadata
+        ports = tuple(
+            PortMapping(_PROTOCOLS.get(p.protocol, "tcp"), p.container_port, p.host_port, p.host_ip)
+            for p in sb.config.port_mappings
+            if p.host_port > 0
+        )
+        return PodNetwork(
+            id=sb.id,
+            netns=sb.namespaces["net"],
+            name=meta.name,
+            namespace=meta.namespace,
+            uid=meta.uid,
+            port_mappings=ports,
+            cgroup_path=sb.config.linux.cgroup_parent,
+        )
+
+    # --- teardown -------------------------------------------------------------------
+
+    async def _stop_pod(self, sb: Sandbox) -> None:
+        """What StopPodSandbox undoes: containers, infra, network, /dev/shm."""
+        await self.stop_containers(sb)
+        if sb.infra_pid:
+            await infra.stop(self.runtime(sb.handler), infra.infra_id(sb.id))
+            sb.infra_pid = 0
+        if sb.network_added:
+            netns = sb.namespaces.get("net")
+            await self.cni.teardown(sb.id, netns if netns and namespaces.is_pinned(netns) else None)
+            sb.network_added = False
+        if "net" in sb.namespaces:
+            await self._ns(namespaces.remove, [sb.namespaces.pop("net")])
+        if sb.shm:
+            podfiles.unmount(sb.shm)
+            sb.shm = ""
+
+    async def _release(self, sb: Sandbox, final: bool) -> None:
+        """Undo everything of a pod (``final``: also its files and cgroups)."""
+        await self._stop_pod(sb)
+        if final:
+            await self.remove_containers(sb)
+            await self._ns(namespaces.remove, list(sb.namespaces.values()))
+            sb.namespaces = {}
+            if sb.cgroups:
+                await asyncio.get_running_loop().run_in_executor(None, cgroups.remove, sb.cgroups)
+                sb.cgroups = []
+            shutil.rmtree(self.state_dir(sb), ignore_errors=True)
+            shutil.rmtree(self.files_dir(sb), ignore_errors=True)
+
+    async def stop(self, sandbox_id: str) -> None:
+        """StopPodSandbox: idempotent, an unknown pod is fine."""
+        sb = self.store.find(sandbox_id)
+        if sb is None:
+            return
+        task = self._tasks.get(sb.name)
+        if task is not None:  # still being created: let that finish (or fail) first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        async with self._lock(sb.id):
+            if sb.id not in self.store.by_id:
+                return
+            await self._stop_pod(sb)
+            sb.state = State.NOTREADY
+            self.store.save(sb)
+        log.info("pod sandbox stopped", extra=fields(id=sb.id, name=sb.name))
+
+    async def remove(self, sandbox_id: str) -> None:
+        """RemovePodSandbox: stops what still runs, removes everything; idempotent."""
+        sb = self.store.find(sandbox_id)
+        if sb is None:
+            return
+        task = self._tasks.get(sb.name)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        async with self._lock(sb.id):
+            if sb.id not in self.store.by_id:
+                return
+            await self._release(sb, final=True)
+            self.store.delete(sb)
+        self._locks.pop(sb.id, None)
+        log.info("pod sandbox removed", extra=fields(id=sb.id, name=sb.name))
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        sb = self.store.get(sandbox_id)
+        if sb.state == State.CREATING:
+            raise NotFound(f"pod sandbox {sandbox_id!r} is still being created")
+        return sb
+
+    def list(self, filt: pb.PodSandboxFilter | None) -> list[Sandbox]:
+        out = []
+        for sb in self.store.by_id.values():
+            if sb.state == State.CREATING:
+                continue
+            if filt is not None:
+                if filt.id and not sb.id.startswith(filt.id):
+                    continue
+                if filt.HasField("state") and (filt.state.state == pb.SANDBOX_READY) != (sb.state == State.READY):
+                    continue
+                labels = sb.config.labels
+                if any(labels.get(k) != v for k, v in filt.label_selector.items()):
+                    continue
+            out.append(sb)
+        return out
+
+    # --- recovery ------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: undo half-made pods; pods whose namespaces vanished
+        (a reboot wiped the state dir) are no longer ready."""
+        for sb in list(self.store.by_id.values()):
+            if sb.state == State.CREATING:
+                log.info("cleaning up a pod sandbox a killed daemon left half made", extra=fields(id=sb.id))
+                with contextlib.suppress(Exception):
+                    await self._release(sb, final=True)
+                self.store.delete(sb)
+            elif sb.state == State.READY and not all(namespaces.is_pinned(p) for p in sb.namespaces.values()):
+                log.info("pod sandbox lost its namespaces; marking it not ready", extra=fields(id=sb.id))
+                with contextlib.suppress(Exception):
+                    await self._stop_pod(sb)
+                sb.state = State.NOTREADY
+                self.store.save(sb)
