@@ -1,0 +1,64 @@
+"""The raw floor: a busybox bundle run directly by an OCI runtime, no CRI daemon.
+
+The bundle's rootfs is Debian's static /bin/busybox with /bin/true as a hard
+link to it; its config.json is ``runc spec`` with a read-only rootfs, no
+terminal and ``/bin/true`` as the process.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+BUSYBOX = "/bin/busybox"  # Debian's busybox-static
+RUNC = "/usr/sbin/runc"
+CRUN = "/usr/bin/crun"
+BINARIES = {"runc": RUNC, "crun": CRUN}
+
+
+def make_bundle(path: Path, args: tuple[str, ...] = ("/bin/true",)) -> Path:
+    """Write a bundle at ``path`` (created) and return it."""
+    rootfs = path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
+    busybox = rootfs / "bin" / "busybox"
+    if not busybox.exists():
+        shutil.copy2(BUSYBOX, busybox)
+    true = rootfs / "bin" / "true"
+    if not true.exists():
+        os.link(busybox, true)
+    config = path / "config.json"
+    config.unlink(missing_ok=True)
+    subprocess.run([RUNC, "spec", "--bundle", str(path)], check=True, capture_output=True)
+    spec = json.loads(config.read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = list(args)
+    spec["root"]["readonly"] = True
+    config.write_text(json.dumps(spec, indent=2) + "\n")
+    return path
+
+
+def run_once(binary: str, root: Path, bundle: Path, cid: str, timeout: float = 30.0) -> None:
+    """``BINARY --root ROOT run -b BUNDLE ID`` in the foreground; raises RuntimeError on failure
+    (after deleting whatever the failed run left)."""
+    done = subprocess.run(
+        [binary, "--root", str(root), "run", "--bundle", str(bundle), cid],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        subprocess.run([binary, "--root", str(root), "delete", "--force", cid], capture_output=True)
+        message = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
+        raise RuntimeError(f"{os.path.basename(binary)} run failed: {message}")
+
+
+def version(binary: str) -> str:
+    """The first line of ``BINARY --version``, or why there is none."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except OSError as exc:
+        return f"unavailable ({exc.strerror})"
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if lines else f"unknown (exit {out.returncode})"
