@@ -472,6 +472,11 @@ class Images:
         """The image's layer directories, top-most first."""
         return [self.snapshots.path(self.meta.snapshots[c].num) for c in reversed(image.chain_ids)]
 
+    def mount_rootfs(self, image: ImageRecord, target: str, upper: str, work: str) -> None:
+        """Mount the image's layers with a writable upper dir at ``target`` (blocking)."""
+        nums = [self.meta.snapshots[c].num for c in reversed(image.chain_ids)]
+        self.snapshots.mount_overlay(nums, target, upper, work)
+
     async def remove(self, text: str) -> None:
         """Remove the image and all its names; unknown images are fine."""
         image = self.find(text)

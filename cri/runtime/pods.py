@@ -70,6 +70,37 @@ def validate(config: pb.PodSandboxConfig) -> None:
         namespaces.sysctl_path(key)
 
 
+class _Steps:
+    """Runs teardown steps to the end, logging failures and keeping the first."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.sb = sb
+        self.first: BaseException | None = None
+
+    def _failed(self, what: str, exc: Exception) -> bool:
+        log.warning("pod teardown step failed", extra=fields(id=self.sb.id, step=what, error=str(exc)))
+        self.first = self.first or exc
+        return False
+
+    async def run(self, what: str, work: Awaitable[object]) -> bool:
+        try:
+            await work
+        except Exception as exc:
+            return self._failed(what, exc)
+        return True
+
+    def call(self, what: str, fn: Callable[..., object], *args: object) -> bool:
+        try:
+            fn(*args)
+        except Exception as exc:
+            return self._failed(what, exc)
+        return True
+
+    def raise_first(self) -> None:
+        if self.first is not None:
+            raise self.first
+
+
 class Pods:
     def __init__(self, config: Config, store: Store, cni: CniManager) -> None:
         self.config = config
@@ -220,33 +251,38 @@ class Pods:
     # --- teardown -------------------------------------------------------------------
 
     async def _stop_pod(self, sb: Sandbox) -> None:
-        """What StopPodSandbox undoes: containers, infra, network, /dev/shm."""
-        await self.stop_containers(sb)
-        if sb.infra_pid:
-            await infra.stop(self.runtime(sb.handler), infra.infra_id(sb.id))
+        """What StopPodSandbox undoes: containers, infra, network, /dev/shm.
+
+        Every step runs even when an earlier one fails (a half-made pod has
+        half of everything); the first error is raised at the end."""
+        steps = _Steps(sb)
+        await steps.run("stop containers", self.stop_containers(sb))
+        if sb.infra_pid and await steps.run("stop infra", infra.stop(self.runtime(sb.handler), infra.infra_id(sb.id))):
             sb.infra_pid = 0
         if sb.network_added:
             netns = sb.namespaces.get("net")
-            await self.cni.teardown(sb.id, netns if netns and namespaces.is_pinned(netns) else None)
-            sb.network_added = False
-        if "net" in sb.namespaces:
-            await self._ns(namespaces.remove, [sb.namespaces.pop("net")])
-        if sb.shm:
-            podfiles.unmount(sb.shm)
+            teardown = self.cni.teardown(sb.id, netns if netns and namespaces.is_pinned(netns) else None)
+            if await steps.run("CNI DEL", teardown):
+                sb.network_added = False
+        if "net" in sb.namespaces and await steps.run("netns", self._ns(namespaces.remove, [sb.namespaces["net"]])):
+            sb.namespaces.pop("net")
+        if sb.shm and steps.call("/dev/shm", podfiles.unmount, sb.shm):
             sb.shm = ""
+        steps.raise_first()
 
     async def _release(self, sb: Sandbox, final: bool) -> None:
         """Undo everything of a pod (``final``: also its files and cgroups)."""
-        await self._stop_pod(sb)
+        steps = _Steps(sb)
+        await steps.run("stop", self._stop_pod(sb))
         if final:
-            await self.remove_containers(sb)
-            await self._ns(namespaces.remove, list(sb.namespaces.values()))
-            sb.namespaces = {}
-            if sb.cgroups:
-                await asyncio.get_running_loop().run_in_executor(None, cgroups.remove, sb.cgroups)
+            await steps.run("remove containers", self.remove_containers(sb))
+            if await steps.run("namespaces", self._ns(namespaces.remove, list(sb.namespaces.values()))):
+                sb.namespaces = {}
+            if sb.cgroups and await steps.run("cgroups", asyncio.to_thread(cgroups.remove, sb.cgroups)):
                 sb.cgroups = []
             shutil.rmtree(self.state_dir(sb), ignore_errors=True)
             shutil.rmtree(self.files_dir(sb), ignore_errors=True)
+        steps.raise_first()
 
     async def stop(self, sandbox_id: str) -> None:
         """StopPodSandbox: idempotent, an unknown pod is fine."""

@@ -17,6 +17,7 @@ from cri.cni import CniManager
 from cri.config import Config
 from cri.images.manager import Images
 from cri.log import fields
+from cri.runtime.containers import Containers
 from cri.runtime.pods import Pods
 from cri.server.image_service import ImageServicer
 from cri.server.listener import Ownership, StartupError, make_dir
@@ -36,7 +37,7 @@ class Daemon:
         self._ownership = Ownership(config.root_dir, config.grpc.socket)
         self._metrics: MetricsServer | None = None
 
-    def _grpc_server(self, images: Images, pods: Pods) -> grpc.aio.Server:
+    def _grpc_server(self, images: Images, pods: Pods, containers: Containers) -> grpc.aio.Server:
         limit = self.config.grpc.max_message_mib * 1024 * 1024
         server = grpc.aio.server(
             options=[
@@ -46,16 +47,17 @@ class Daemon:
         )
         server.add_generic_rpc_handlers(
             (
-                service_handler("RuntimeService", RuntimeServicer(self.config, pods), self.gate),
+                service_handler("RuntimeService", RuntimeServicer(self.config, pods, containers), self.gate),
                 service_handler("ImageService", ImageServicer(images), self.gate),
             )
         )
         return server
 
-    async def _recover(self, images: Images, pods: Pods) -> None:
+    async def _recover(self, images: Images, pods: Pods, containers: Containers) -> None:
         """Finish or undo what a killed daemon left half done; RPCs answer
         UNAVAILABLE until this returns."""
         await asyncio.get_running_loop().run_in_executor(None, images.recover)
+        await containers.recover()
         await pods.recover()
 
     def request_stop(self, signame: str) -> None:
@@ -71,16 +73,17 @@ class Daemon:
         images = Images(cfg, store)
         cni = CniManager(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root_dir, "cni", "results"))
         pods = Pods(cfg, store, cni)
+        containers = Containers(cfg, store, pods, images)
         try:
-            return await self._serve(images, pods)
+            return await self._serve(images, pods, containers)
         finally:
             await images.close()
             store.close()
             self._ownership.release(remove_socket=True)
 
-    async def _serve(self, images: Images, pods: Pods) -> int:
+    async def _serve(self, images: Images, pods: Pods, containers: Containers) -> int:
         cfg = self.config
-        server = self._grpc_server(images, pods)
+        server = self._grpc_server(images, pods, containers)
         target = f"unix://{cfg.grpc.socket}"
         try:
             server.add_insecure_port(target)
@@ -102,7 +105,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
-        await self._recover(images, pods)
+        await self._recover(images, pods, containers)
         self.gate.open = True
         log.info(
             "crid started",

@@ -4,7 +4,9 @@ RPCs not defined here fall through to the generated base class, which
 raises NotImplementedError; cri.server.rpc answers those UNIMPLEMENTED.
 """
 
+import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +18,9 @@ from cri.conditions import Condition
 from cri.config import Config
 from cri.errors import InvalidArgument
 from cri.runtime import handlers
+from cri.runtime.container_store import Container
+from cri.runtime.container_store import State as CState
+from cri.runtime.containers import Containers
 from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox, State
 
@@ -72,10 +77,56 @@ def sandbox_status(sb: Sandbox) -> pb.PodSandboxStatus:
     )
 
 
+_CONTAINER_STATES = {
+    CState.CREATED: pb.CONTAINER_CREATED,
+    CState.RUNNING: pb.CONTAINER_RUNNING,
+    CState.EXITED: pb.CONTAINER_EXITED,
+}
+
+
+def container_message(c: Container) -> pb.Container:
+    return pb.Container(
+        id=c.id,
+        pod_sandbox_id=c.sandbox_id,
+        metadata=c.config.metadata,
+        image=pb.ImageSpec(image=c.image_name),
+        image_ref=c.image_ref,
+        image_id=c.image_id,
+        state=_CONTAINER_STATES.get(c.state, pb.CONTAINER_UNKNOWN),
+        created_at=c.created_at,
+        labels=c.config.labels,
+        annotations=c.config.annotations,
+    )
+
+
+def container_status(c: Container) -> pb.ContainerStatus:
+    return pb.ContainerStatus(
+        id=c.id,
+        metadata=c.config.metadata,
+        state=_CONTAINER_STATES.get(c.state, pb.CONTAINER_UNKNOWN),
+        created_at=c.created_at,
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+        exit_code=c.exit_code,
+        image=pb.ImageSpec(image=c.image_name),
+        image_ref=c.image_ref,
+        image_id=c.image_id,
+        reason=c.reason,
+        message=c.message,
+        labels=c.config.labels,
+        annotations=c.config.annotations,
+        mounts=c.config.mounts,
+        log_path=c.log_path,
+        resources=pb.ContainerResources(linux=pb.LinuxContainerResources.FromString(c.resources)),
+        user=pb.ContainerUser(linux=pb.LinuxContainerUser(uid=c.uid, gid=c.gid, supplemental_groups=c.groups)),
+    )
+
+
 class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self, config: Config, pods: Pods) -> None:
+    def __init__(self, config: Config, pods: Pods, containers: Containers) -> None:
         self.config = config
         self.pods = pods
+        self.containers = containers
 
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -163,3 +214,81 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             yield pb.StreamPodSandboxesResponse(
                 pod_sandboxes=[sandbox_message(sb) for sb in found[i : i + STREAM_CHUNK]]
             )
+
+    # --- containers ------------------------------------------------------------------
+
+    async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.CreateContainerResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("CreateContainer: pod_sandbox_id is empty")
+        if not request.HasField("config"):
+            raise InvalidArgument("CreateContainer: config is missing")
+        cid = await self.containers.create(request.pod_sandbox_id, request.config)
+        return pb.CreateContainerResponse(container_id=cid)
+
+    async def StartContainer(self, request: pb.StartContainerRequest, context: Any) -> pb.StartContainerResponse:
+        await self.containers.start(_need(request.container_id, "StartContainer"))
+        return pb.StartContainerResponse()
+
+    async def StopContainer(self, request: pb.StopContainerRequest, context: Any) -> pb.StopContainerResponse:
+        await self.containers.stop(_need(request.container_id, "StopContainer"), int(request.timeout))
+        return pb.StopContainerResponse()
+
+    async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Any) -> pb.RemoveContainerResponse:
+        await self.containers.remove(_need(request.container_id, "RemoveContainer"))
+        return pb.RemoveContainerResponse()
+
+    async def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
+        found = self.containers.list(request.filter if request.HasField("filter") else None)
+        return pb.ListContainersResponse(containers=[container_message(c) for c in found])
+
+    async def StreamContainers(
+        self, request: pb.StreamContainersRequest, context: Any
+    ) -> AsyncIterator[pb.StreamContainersResponse]:
+        found = self.containers.list(request.filter if request.HasField("filter") else None)
+        for i in range(0, len(found), STREAM_CHUNK):
+            yield pb.StreamContainersResponse(containers=[container_message(c) for c in found[i : i + STREAM_CHUNK]])
+
+    async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Any) -> pb.ContainerStatusResponse:
+        c = self.containers.get(_need(request.container_id, "ContainerStatus"))
+        info = {}
+        if request.verbose:
+            bundle = self.containers.bundle(c.id)
+            runtime_spec = await asyncio.to_thread(_load_json, os.path.join(bundle, "config.json"))
+            info["info"] = json.dumps(
+                {"id": c.id, "pid": c.pid, "bundle": bundle, "runtimeHandler": c.handler, "runtimeSpec": runtime_spec,
+                 "sandboxID": c.sandbox_id, "name": c.name}
+            )  # fmt: skip
+        return pb.ContainerStatusResponse(status=container_status(c), info=info)
+
+    async def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: Any
+    ) -> pb.UpdateContainerResourcesResponse:
+        cid = _need(request.container_id, "UpdateContainerResources")
+        await self.containers.update_resources(cid, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: Any
+    ) -> pb.ReopenContainerLogResponse:
+        self.containers.reopen_log(_need(request.container_id, "ReopenContainerLog"))
+        return pb.ReopenContainerLogResponse()
+
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:
+        result = await self.containers.exec_sync(
+            _need(request.container_id, "ExecSync"), list(request.cmd), int(request.timeout)
+        )
+        return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+
+def _load_json(path: str) -> object:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _need(value: str, rpc: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{rpc}: container_id is empty")
+    return value

@@ -66,8 +66,8 @@ def test_runtime_config(crid: CridProcess) -> None:
     ("service", "method", "request_msg"),
     [
         ("runtime", "Attach", pb.AttachRequest()),
-        ("runtime", "ExecSync", pb.ExecSyncRequest()),
-        ("runtime", "CreateContainer", pb.CreateContainerRequest()),
+        ("runtime", "Exec", pb.ExecRequest()),
+        ("runtime", "ContainerStats", pb.ContainerStatsRequest()),
         ("runtime", "PortForward", pb.PortForwardRequest()),
     ],
 )
@@ -81,9 +81,9 @@ def test_unimplemented_rpc_names_itself(crid: CridProcess, service: str, method:
 
 def test_unimplemented_streaming_rpc(crid: CridProcess) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        list(crid.client.runtime.StreamContainers(pb.StreamContainersRequest()))
+        list(crid.client.runtime.GetContainerEvents(pb.GetEventsRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "StreamContainers" in err.value.details()
+    assert "GetContainerEvents" in err.value.details()
 
 
 def test_socket_and_directory_modes(crid: CridProcess) -> None:
@@ -178,10 +178,10 @@ def test_metrics_count_version_calls(crid: CridProcess) -> None:
 
 
 def test_metrics_count_error_codes(crid: CridProcess) -> None:
-    labels = {"service": "RuntimeService", "method": "ListContainers", "code": "UNIMPLEMENTED"}
+    labels = {"service": "RuntimeService", "method": "ContainerStats", "code": "UNIMPLEMENTED"}
     before = _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels)
     with pytest.raises(grpc.RpcError):
-        crid.client.runtime.ListContainers(pb.ListContainersRequest())
+        crid.client.runtime.ContainerStats(pb.ContainerStatsRequest(container_id="x"))
     assert _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels) == before + 1
 
 

@@ -1,0 +1,502 @@
+"""Containers: create, start, stop, remove, exec, status, and recovery.
+
+Every container runs under its own conmon (see monitor.py); crid talks to
+the OCI runtime only through short commands, so a crid restart never touches
+a running container. Exits arrive through the exit watcher (inotify); a
+container that exits while crid is down is found by its exit file at
+startup, with the file's time as the finish time.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+
+from cri.api.v1 import api_pb2 as pb
+from cri.config import Config
+from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from cri.images.manager import Images
+from cri.log import fields
+from cri.runtime import monitor, podfiles
+from cri.runtime.container_store import Container, ContainerStore, State
+from cri.runtime.exits import ExitWatcher
+from cri.runtime.pods import Pods
+from cri.runtime.sandbox_store import Sandbox
+from cri.runtime.sandbox_store import State as PodState
+from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
+from cri.store import Store
+
+log = logging.getLogger(__name__)
+
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+KILL_WAIT = 10.0  # after SIGKILL, how long an exit may take before crid gives up waiting
+_TRUNCATED = b"\n[crid: output truncated at 16 MiB]\n"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+def _own_oom_score_adj() -> int:
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Containers:
+    def __init__(self, config: Config, store: Store, pods: Pods, images: Images) -> None:
+        self.config = config
+        self.pods = pods
+        self.images = images
+        self.store = ContainerStore(store)
+        self.exits = ExitWatcher(os.path.join(config.state_dir, "exits"), self._on_exit)
+        self._exited: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[str]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._min_oom = _own_oom_score_adj()
+        pods.stop_containers = self._stop_all
+        pods.remove_containers = self._remove_all
+        images.snapshots_in_use = self._chains_in_use
+
+    # --- paths and helpers -------------------------------------------------------
+
+    def bundle(self, cid: str) -> str:
+        return os.path.join(self.config.state_dir, "containers", cid)
+
+    def persist(self, cid: str) -> str:
+        return os.path.join(self.config.root_dir, "containers", cid)
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    def _event(self, cid: str) -> asyncio.Event:
+        return self._exited.setdefault(cid, asyncio.Event())
+
+    def _chains_in_use(self) -> set[str]:
+        return {chain for c in self.store.by_id.values() for chain in c.chain_ids}
+
+    # --- CreateContainer -----------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: pb.ContainerConfig) -> str:
+        sb = self.pods.store.find(sandbox_id)
+        if sb is None or sb.state == PodState.CREATING:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found")
+        if sb.state != PodState.READY:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
+        if not config.metadata.name:
+            raise InvalidArgument("container metadata lacks a name")
+        if not config.image.image:
+            raise InvalidArgument("container config lacks an image")
+        image = self.images.find(config.image.image)
+        if image is None:
+            raise NotFound(f"image {config.image.image!r} not found: pull it first")
+        m, pm = config.metadata, sb.config.metadata
+        name = f"{m.name}_{pm.name}_{pm.namespace}_{pm.uid}_{m.attempt}"
+        fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + sb.id.encode()).hexdigest()
+        existing = self.store.by_name.get(name)
+        if existing is not None:
+            c = self.store.by_id[existing]
+            if c.fingerprint != fingerprint:
+                raise AlreadyExists(f"container name {name!r} is already reserved for container {c.id}")
+            task = self._tasks.get(name)
+            return await asyncio.shield(task) if task is not None else c.id
+        log_path = ""
+        if sb.config.log_directory and config.log_path:
+            log_path = os.path.join(sb.config.log_directory, config.log_path)
+        c = Container(
+            id=hashlib.sha256(os.urandom(32)).hexdigest(),
+            name=name,
+            fingerprint=fingerprint,
+            sandbox_id=sb.id,
+            state=State.CREATING,
+            created_at=time.time_ns(),
+            config=config,
+            handler=sb.handler,
+            image_id=image.id,
+            image_name=image.tags[0] if image.tags else config.image.image,
+            image_ref=image.digests[0] if image.digests else image.id,
+            chain_ids=list(image.chain_ids),
+            log_path=log_path,
+            resources=config.linux.resources.SerializeToString(),
+        )
+        self.store.add(c)
+        task = asyncio.ensure_future(self._create(c, sb))
+        self._tasks[name] = task
+        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
+        return await asyncio.shield(task)
+
+    async def _create(self, c: Container, sb: Sandbox) -> str:
+        started = time.monotonic()
+        try:
+            async with self._lock(c.id):
+                await self._setup(c, sb)
+                c.state = State.CREATED
+                self.store.save(c)
+        except BaseException as exc:
+            log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
+            with contextlib.suppress(Exception):
+                await self._cleanup(c)
+            self.store.delete(c)
+            raise
+        log.info("container created", extra=fields(id=c.id, name=c.name, seconds=round(time.monotonic() - started, 4)))
+        return c.id
+
+    async def _setup(self, c: Container, sb: Sandbox) -> None:
+        image = self.images.meta.images.get(c.image_id)
+        if image is None:
+            raise NotFound(f"image {c.image_id} was removed")
+        bundle, persist = self.bundle(c.id), self.persist(c.id)
+        rootfs = os.path.join(bundle, "rootfs")
+        upper, work = os.path.join(persist, "upper"), os.path.join(persist, "work")
+        for d in (rootfs, upper, work):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        c.rootfs_mounted = True  # recorded first: recovery unmounts if we die midway
+        self.store.save(c)
+        await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
+        image_config = self.images.config_of(image)
+        opts = sb.config.linux.security_context.namespace_options
+        pid_ns = ""
+        cpid = c.config.linux.security_context.namespace_options
+        if cpid.pid == pb.POD and sb.infra_pid > 0:
+            pid_ns = f"/proc/{sb.infra_pid}/ns/pid"
+        elif cpid.pid == pb.TARGET:
+            target = self.store.find(cpid.target_id)
+            if target is None or not _alive(target.pid):
+                raise NotFound(f"target container {cpid.target_id!r} for the PID namespace is not running")
+            pid_ns = f"/proc/{target.pid}/ns/pid"
+        cg = sb.config.linux.cgroup_parent.rstrip("/")
+        inputs = SpecInputs(
+            container_id=c.id,
+            config=c.config,
+            sandbox_config=sb.config,
+            image_config=image_config,
+            rootfs=rootfs,
+            namespaces=dict(sb.namespaces),
+            pid_namespace=pid_ns,
+            sandbox_dir=self.pods.files_dir(sb),
+            shm=sb.shm if opts.ipc != pb.NODE else "",
+            # without a pod cgroup, a top-level leaf that `runtime delete` removes whole
+            cgroups_path=f"{cg}/{c.id}" if cg else f"/crid-{c.id}",
+            min_oom_score_adj=self._min_oom,
+            hostname=sb.config.hostname or sb.config.metadata.name,
+            sandbox_id=sb.id,
+            image_name=c.image_name,
+        )
+        spec = await asyncio.to_thread(build_spec, inputs)
+        c.stop_signal = stop_signal(image_config, c.config.stop_signal)
+        user = spec.get("process", {}).get("user", {})
+        c.uid, c.gid, c.groups = user.get("uid", 0), user.get("gid", 0), list(user.get("additionalGids", []))
+        await asyncio.to_thread(_write_json, os.path.join(bundle, "config.json"), spec)
+        if c.log_path:
+            os.makedirs(os.path.dirname(c.log_path), exist_ok=True)
+        runtime = self.pods.runtime(c.handler)
+        c.pid = await monitor.create(
+            runtime,
+            monitor.MonitorSpec(
+                container_id=c.id,
+                bundle=bundle,
+                log_path=c.log_path,
+                exit_dir=self.exits.directory,
+                persist_dir=os.path.join(persist, "monitor"),
+                socket_dir=os.path.join(self.config.state_dir, "attach"),
+                tty=c.config.tty,
+                stdin=c.config.stdin,
+                stdin_once=c.config.stdin_once,
+            ),
+        )
+
+    # --- start, exit --------------------------------------------------------------------
+
+    async def start(self, cid: str) -> None:
+        c = self.store.get(cid)
+        async with self._lock(c.id):
+            if c.state != State.CREATED:
+                raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
+            self._event(c.id)
+            started = time.time_ns()
+            await self.pods.runtime(c.handler).run("start", c.id)
+            c.state = State.RUNNING
+            c.started_at = started
+            self.store.save(c)
+        self._on_exit(c.id)  # it may have exited already, before the watch saw it as running
+
+    def _on_exit(self, cid: str) -> None:
+        c = self.store.by_id.get(cid)
+        if c is None or c.state not in (State.RUNNING, State.CREATED):
+            return
+        found = self.exits.exit_code(cid)
+        if found is None:
+            return
+        code, when = found
+        self._record_exit(c, code, when)
+
+    def _oom_killed(self, c: Container) -> bool:
+        candidates = (os.path.join(self.persist(c.id), "monitor", "oom"), os.path.join(self.bundle(c.id), "oom"))
+        return any(os.path.exists(p) for p in candidates)
+
+    def _record_exit(self, c: Container, code: int, when: int) -> None:
+        c.state = State.EXITED
+        c.exit_code = code
+        c.finished_at = max(when, c.started_at)
+        if self._oom_killed(c):
+            c.reason, c.exit_code = "OOMKilled", 137
+        else:
+            c.reason = "Completed" if code == 0 else "Error"
+        self.store.save(c)
+        self._event(c.id).set()
+        log.info("container exited", extra=fields(id=c.id, name=c.name, code=c.exit_code, reason=c.reason))
+
+    async def _wait_exit(self, c: Container, seconds: float) -> bool:
+        if c.state == State.EXITED:
+            return True
+        try:
+            await asyncio.wait_for(self._event(c.id).wait(), seconds)
+        except TimeoutError:
+            self._on_exit(c.id)
+        return _exited(c)  # the exit event (or the check above) may have changed the state
+
+    # --- stop, remove ----------------------------------------------------------------------
+
+    async def stop(self, cid: str, timeout: int) -> None:  # noqa: ASYNC109 (the CRI field)
+        """StopContainer: the stop signal, SIGKILL after ``timeout``; bounded; idempotent."""
+        c = self.store.find(cid)
+        if c is None or c.state in (State.CREATING, State.EXITED):
+            return
+        runtime = self.pods.runtime(c.handler)
+        if timeout > 0:
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await runtime.kill(c.id, str(signal_number(c.stop_signal)))  # runc knows no RT signal names
+            if await self._wait_exit(c, timeout):
+                return
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await runtime.kill(c.id, "KILL")
+        if await self._wait_exit(c, KILL_WAIT):
+            return
+        # the runtime did not deliver: kill the process ourselves, then stop waiting
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(c.pid, signal.SIGKILL)
+        if not await self._wait_exit(c, KILL_WAIT):
+            log.error("container did not exit after SIGKILL; marking it exited", extra=fields(id=c.id))
+            self._record_exit(c, 137, time.time_ns())
+            c.message = "the container did not report an exit after SIGKILL"
+            self.store.save(c)
+
+    async def _cleanup(self, c: Container) -> None:
+        """Undo everything of a container on the system (not its record)."""
+        runtime = self.pods.runtime(c.handler)
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await runtime.delete(c.id)
+        conmon = monitor.conmon_pid(self.bundle(c.id))
+        if conmon and _alive(conmon):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(conmon, signal.SIGKILL)
+        if c.rootfs_mounted:
+            podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
+            c.rootfs_mounted = False
+        await asyncio.to_thread(shutil.rmtree, self.bundle(c.id), True)
+        await asyncio.to_thread(shutil.rmtree, self.persist(c.id), True)
+        self.exits.forget(c.id)
+
+    async def remove(self, cid: str) -> None:
+        """RemoveContainer: kills a running container first; idempotent."""
+        c = self.store.find(cid)
+        if c is None:
+            return
+        task = self._tasks.get(c.name)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        if c.state in (State.RUNNING, State.CREATED):
+            await self.stop(c.id, 0)
+        async with self._lock(c.id):
+            if c.id not in self.store.by_id:
+                return
+            await self._cleanup(c)
+            self.store.delete(c)
+        self._locks.pop(c.id, None)
+        self._exited.pop(c.id, None)
+        await self.images.gc()  # its layers may belong to an image removed meanwhile
+        log.info("container removed", extra=fields(id=c.id, name=c.name))
+
+    async def _stop_all(self, sb: Sandbox) -> None:
+        await asyncio.gather(*(self.stop(c.id, 0) for c in self.store.of_sandbox(sb.id)))
+
+    async def _remove_all(self, sb: Sandbox) -> None:
+        await asyncio.gather(*(self.remove(c.id) for c in self.store.of_sandbox(sb.id)))
+
+    # --- exec, logs, resources -------------------------------------------------------------
+
+    async def exec_sync(self, cid: str, cmd: list[str], timeout: int) -> ExecResult:  # noqa: ASYNC109
+        c = self.store.get(cid)
+        if c.state != State.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running")
+        if not cmd:
+            raise InvalidArgument("ExecSync: cmd is empty")
+        bundle = self.bundle(c.id)
+        spec = await asyncio.to_thread(_read_json, os.path.join(bundle, "config.json"))
+        process = dict(spec["process"])  # type: ignore[call-overload]
+        process.update(args=cmd, terminal=False)
+        fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
+        pid_path = process_path[: -len(".json")] + ".pid"
+        with os.fdopen(fd, "w") as f:
+            json.dump(process, f)
+        runtime = self.pods.runtime(c.handler)
+        proc = await asyncio.create_subprocess_exec(
+            runtime.binary, "--root", runtime.root, "exec", "--process", process_path, "--pid-file", pid_path, c.id,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            reads = asyncio.gather(_read_capped(proc.stdout), _read_capped(proc.stderr), proc.wait())
+            try:
+                out, err, code = await asyncio.wait_for(reads, timeout if timeout > 0 else None)
+            except TimeoutError:
+                _kill_exec(pid_path)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s and was killed") from None
+        finally:
+            for path in (process_path, pid_path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return ExecResult(out, err, code)
+
+    def reopen_log(self, cid: str) -> None:
+        c = self.store.get(cid)
+        if c.state != State.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running")
+        if c.log_path:
+            monitor.reopen_log(self.bundle(c.id))
+
+    async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:
+        c = self.store.get(cid)
+        if c.state not in (State.CREATED, State.RUNNING):
+            raise FailedPrecondition(f"container {c.id} is {c.state.value}: resources can only change while it runs")
+        spec = await asyncio.to_thread(_read_json, os.path.join(self.bundle(c.id), "config.json"))
+        doc = update_resources(spec, resources)
+        runtime = self.pods.runtime(c.handler)
+        fd, path = tempfile.mkstemp(prefix="update-", suffix=".json", dir=self.bundle(c.id))
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        try:
+            await runtime.run("update", "--resources", path, c.id)
+        finally:
+            os.unlink(path)
+        c.resources = resources.SerializeToString()
+        self.store.save(c)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, cid: str) -> Container:
+        return self.store.get(cid)
+
+    def list(self, filt: pb.ContainerFilter | None) -> list[Container]:
+        states = {
+            pb.CONTAINER_CREATED: State.CREATED,
+            pb.CONTAINER_RUNNING: State.RUNNING,
+            pb.CONTAINER_EXITED: State.EXITED,
+        }
+        out = []
+        for c in self.store.by_id.values():
+            if c.state == State.CREATING:
+                continue
+            if filt is not None:
+                if filt.id and not c.id.startswith(filt.id):
+                    continue
+                if filt.pod_sandbox_id and not c.sandbox_id.startswith(filt.pod_sandbox_id):
+                    continue
+                if filt.HasField("state") and states.get(filt.state.state) != c.state:
+                    continue
+                if any(c.config.labels.get(k) != v for k, v in filt.label_selector.items()):
+                    continue
+            out.append(c)
+        return out
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: exits that happened meanwhile, half-made containers."""
+        self.exits.start()
+        for c in list(self.store.by_id.values()):
+            if c.state == State.CREATING:
+                with contextlib.suppress(Exception):
+                    await self._cleanup(c)
+                self.store.delete(c)
+            elif c.state in (State.CREATED, State.RUNNING):
+                found = self.exits.exit_code(c.id)
+                if found is not None:
+                    self._record_exit(c, *found)
+                elif not _alive(c.pid):
+                    # no exit file and no process: the monitor died with it (e.g. a reboot)
+                    self._record_exit(c, 255, time.time_ns())
+                    c.reason, c.message = "Unknown", "the container's process and monitor are gone"
+                    self.store.save(c)
+
+
+def _exited(c: Container) -> bool:
+    return c.state == State.EXITED
+
+
+def _write_json(path: str, doc: object) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.rename(tmp, path)
+
+
+def _read_json(path: str) -> dict[str, object]:
+    with open(path) as f:
+        doc = json.load(f)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _kill_exec(pid_path: str) -> None:
+    try:
+        with open(pid_path) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+async def _read_capped(stream: asyncio.StreamReader) -> bytes:
+    """Read a stream to its end, keeping at most EXEC_OUTPUT_LIMIT bytes."""
+    buf = bytearray()
+    truncated = False
+    while chunk := await stream.read(64 * 1024):
+        room = EXEC_OUTPUT_LIMIT - len(buf)
+        if room > 0:
+            buf += chunk[:room]
+        if len(chunk) > room:
+            truncated = True
+    return bytes(buf) + (_TRUNCATED if truncated else b"")
