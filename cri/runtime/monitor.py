@@ -102,6 +102,7 @@ async def create(runtime: OciRuntime, spec: MonitorSpec) -> int:
             *args,
             env={**os.environ, "_OCI_SYNCPIPE": str(write_fd)},
             pass_fds=(write_fd,),
+            cwd=spec.bundle,  # conmon drops files (e.g. "oom") in its working directory
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
