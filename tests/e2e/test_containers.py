@@ -479,3 +479,49 @@ def test_remove_everything_leaves_nothing(env: tuple[CridProcess, str, Network])
     assert f"{d.state}/containers" not in mounts and f"{d.state}/sandboxes/{pod.id}" not in mounts
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert not [cid for cid in ids if cid in ps]
+
+
+def test_no_log_path_still_runs(pod: Pod) -> None:
+    cfg = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="nolog"),
+        image=pb.ImageSpec(image=pod.image),
+        command=["sh", "-c", "echo x; exit 4"],
+    )
+    cid = pod.d.client.runtime.CreateContainer(
+        pb.CreateContainerRequest(pod_sandbox_id=pod.id, config=cfg, sandbox_config=pod.config)
+    ).container_id
+    pod.d.client.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+    st = pod.wait(cid)
+    assert (st.exit_code, st.log_path) == (4, "")
+    assert list(pod.logs.iterdir()) == []
+
+
+def test_create_retry_after_deadline_gets_the_same_container(
+    env: tuple[CridProcess, str, Network], daemons: Any, tmp_path: Path
+) -> None:
+    _, image, network = env
+    slow = tmp_path / "slowrunc"  # runc that takes 2 s to create a container
+    slow.write_text('#!/bin/sh\ncase " $* " in *" create "*) sleep 2;; esac\nexec /usr/sbin/runc "$@"\n')
+    slow.chmod(0o755)
+    d = daemons.start(
+        "slow",
+        runtime={"handlers": {"runc": {"binary": "/usr/sbin/runc"}, "slow": {"binary": str(slow)}}},
+        **network.settings(),
+    )
+    d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    pcfg = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="slowpod", namespace="e2e", uid="slow"))
+    pod_id = d.client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pcfg, runtime_handler="slow")).pod_sandbox_id
+    cfg = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image=image), command=["sleep", "60"]
+    )
+    req = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg, sandbox_config=pcfg)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            d.client.runtime.CreateContainer(req, timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        cid = d.client.runtime.CreateContainer(req, timeout=30).container_id  # no "name is reserved"
+        assert d.client.runtime.CreateContainer(req).container_id == cid
+        assert [c.id for c in d.client.runtime.ListContainers(pb.ListContainersRequest()).containers] == [cid]
+    finally:
+        d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
