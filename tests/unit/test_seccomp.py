@@ -9,24 +9,9 @@ import pytest
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
-from cri.runtime import seccomp
+from cri.runtime import seccomp, spec
 
-DEFAULT_CAPS = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-]
+DEFAULT_CAPS = list(spec.DEFAULT_CAPS)
 NS_MASK = 0x7E020000  # CLONE_NEWNS|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWCGROUP
 BLOCKED_ALWAYS = ["keyctl", "add_key", "request_key", "kexec_load", "kexec_file_load", "swapon", "swapoff", "acct"]
 NEEDS_SYS_ADMIN = [
