@@ -13,9 +13,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from cri.api.v1 import api_pb2 as pb
 from cri.cni import CniManager, PodNetwork, PortMapping
@@ -46,6 +47,30 @@ def _ns_options(config: pb.PodSandboxConfig) -> pb.NamespaceOption:
     return config.linux.security_context.namespace_options
 
 
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}  # fmt: skip
+# the bandwidth plugin's burst when kubelet gives only a rate (what containerd and CRI-O pass)
+_BURST = 2**31 - 1
+
+
+def bandwidth(annotations: Mapping[str, str]) -> dict[str, int] | None:
+    """The CNI ``bandwidth`` runtimeConfig from kubelet's pod annotations
+    ``kubernetes.io/ingress-bandwidth`` and ``kubernetes.io/egress-bandwidth``
+    (Kubernetes quantities, bits per second)."""
+    out: dict[str, int] = {}
+    for direction in ("ingress", "egress"):
+        text = annotations.get(f"kubernetes.io/{direction}-bandwidth")
+        if not text:
+            continue
+        m = _QUANTITY.match(text.strip())
+        if not m:
+            raise InvalidArgument(f"annotation kubernetes.io/{direction}-bandwidth: {text!r} is not a quantity")
+        out[f"{direction}Rate"] = int(float(m.group(1)) * _SUFFIX[m.group(2) or ""])
+        out[f"{direction}Burst"] = _BURST
+    return out or None
+
+
 def host_network(config: pb.PodSandboxConfig) -> bool:
     return _ns_options(config).network == pb.NODE
 
@@ -55,6 +80,7 @@ def validate(config: pb.PodSandboxConfig) -> None:
     missing = [f for f in ("name", "uid", "namespace") if not getattr(meta, f)]
     if missing:
         raise InvalidArgument(f"pod sandbox metadata lacks {', '.join(missing)}")
+    bandwidth(config.annotations)
     opts = _ns_options(config)
     if opts.network not in (pb.POD, pb.NODE):
         raise InvalidArgument("pod network namespace must be POD or NODE")
@@ -238,6 +264,10 @@ class Pods:
             for p in sb.config.port_mappings
             if p.host_port > 0
         )
+        dns = None
+        if sb.config.HasField("dns_config"):
+            d = sb.config.dns_config
+            dns = {"servers": list(d.servers), "searches": list(d.searches), "options": list(d.options)}
         return PodNetwork(
             id=sb.id,
             netns=sb.namespaces["net"],
@@ -245,6 +275,8 @@ class Pods:
             namespace=meta.namespace,
             uid=meta.uid,
             port_mappings=ports,
+            bandwidth=bandwidth(sb.config.annotations),
+            dns=dns,
             cgroup_path=sb.config.linux.cgroup_parent,
         )
 
