@@ -227,35 +227,48 @@ class Pods:
         sb.namespaces = {k: os.path.join(state, k) for k in kinds}
         self.store.save(sb)  # before creating: recovery unmounts these paths if we die midway
         await self._ns(namespaces.create, state, kinds, hostname)
-        if not hostnet:
-            sb.network_added = True
+        if opts.ipc != pb.NODE:
+            sb.shm = os.path.join(state, "shm")
             self.store.save(sb)
-            result = await self.cni.setup(self._pod_network(sb))
-            sb.ips = list(result.ips)
-            self.store.save(sb)
-        if config.linux.sysctls:
+            podfiles.mount_shm(sb.shm)
+        # the network and the infra process only share the pinned namespaces: set them up side by side
+        results = await asyncio.gather(
+            self._setup_network(sb, hostnet), self._start_infra(sb, opts), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if config.linux.sysctls:  # after CNI: per-interface keys need eth0
             await self._ns(namespaces.apply_sysctls, sb.namespaces, dict(config.linux.sysctls))
         dns = None
         if config.HasField("dns_config"):
             d = config.dns_config
             dns = podfiles.DnsConfig(tuple(d.servers), tuple(d.searches), tuple(d.options))
         podfiles.write_pod_files(files, hostname, sb.ips, dns, hostnet)
-        if opts.ipc != pb.NODE:
-            sb.shm = os.path.join(state, "shm")
-            self.store.save(sb)
-            podfiles.mount_shm(sb.shm)
-        if opts.pid == pb.POD:
-            runtime = self.runtime(sb.handler)
-            rootfs = infra.ensure_rootfs(self.config.root_dir)
-            cg = config.linux.cgroup_parent.rstrip("/")
-            cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
-            sb.infra_pid = -1  # marks "infra may exist" for recovery
-            self.store.save(sb)
-            ns = {k: v for k, v in sb.namespaces.items()}
-            sb.infra_pid = await infra.start(
-                runtime, os.path.join(state, "infra"), infra.infra_id(sb.id), rootfs, ns, cgroups_path
-            )
-            self.store.save(sb)
+
+    async def _setup_network(self, sb: Sandbox, hostnet: bool) -> None:
+        if hostnet:
+            return
+        sb.network_added = True
+        self.store.save(sb)
+        result = await self.cni.setup(self._pod_network(sb))
+        sb.ips = list(result.ips)
+        self.store.save(sb)
+
+    async def _start_infra(self, sb: Sandbox, opts: pb.NamespaceOption) -> None:
+        if opts.pid != pb.POD:
+            return
+        runtime = self.runtime(sb.handler)
+        rootfs = infra.ensure_rootfs(self.config.root_dir)
+        cg = sb.config.linux.cgroup_parent.rstrip("/")
+        cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
+        sb.infra_pid = -1  # marks "infra may exist" for recovery
+        self.store.save(sb)
+        bundle = os.path.join(self.state_dir(sb), "infra")
+        sb.infra_pid = await infra.start(
+            runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path
+        )
+        self.store.save(sb)
 
     def _pod_network(self, sb: Sandbox) -> PodNetwork:
         meta = sb.config.metadata
