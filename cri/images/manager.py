@@ -8,6 +8,7 @@ recorded. Blob downloads and unpacks are shared between concurrent pulls.
 """
 
 import asyncio
+import ctypes
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ from cri.store import Store
 log = logging.getLogger(__name__)
 
 CONFIG_MAX_BYTES = 8 * 1024 * 1024
+_LIBC = ctypes.CDLL(None)
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?[a-f0-9]{1,64}$")
 
 PULLS = Counter("crid_image_pulls", "Image pulls by outcome", ["outcome"], registry=REGISTRY)
@@ -216,6 +218,8 @@ class Images:
             self._pinned.remove(pinned)
             if outcome != "success":
                 await self.gc()
+            if not self._pinned:  # the last pull is done: give its buffers' memory back to the system
+                await asyncio.to_thread(_LIBC.malloc_trim, 0)
             log.info(
                 "pull finished",
                 extra=fields(ref=str(ref), outcome=outcome, seconds=round(time.monotonic() - started, 3)),

@@ -9,11 +9,14 @@ when complete.
 """
 
 import contextlib
+import ctypes
 import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 TMP_PREFIX = "tmp-"
 PAGE_LIMIT = 4096
@@ -71,9 +74,12 @@ class Snapshots:
         Run through mount(8) with the snapshots dir as its working directory so
         that the relative lowerdir paths resolve; crid's own cwd never changes.
         """
-        options = f"lowerdir={self.lowerdir(nums_top_first)}"
-        if upper:
-            options += f",upperdir={upper},workdir={work}"
+        extra = f",upperdir={upper},workdir={work}" if upper else ""
+        absolute = "lowerdir=" + ":".join(self.path(n) for n in nums_top_first) + extra
+        if (upper or len(nums_top_first) > 1) and len(absolute) < PAGE_LIMIT:
+            _mount("overlay", target, "overlay", absolute)  # the common case: no process to spawn
+            return
+        options = f"lowerdir={self.lowerdir(nums_top_first)}{extra}"
         if len(nums_top_first) == 1 and not upper:
             # overlay needs two lower layers without an upper: bind mount instead, read-only
             args = ["mount", "--bind", "-o", "ro", self.path(nums_top_first[0]), target]
@@ -82,3 +88,9 @@ class Snapshots:
                 raise OSError(f"overlay options for {len(nums_top_first)} layers exceed one page")
             args = ["mount", "-t", "overlay", "overlay", "-o", options, target]
         subprocess.run(args, cwd=self.dir, check=True, capture_output=True)
+
+
+def _mount(source: str, target: str, fstype: str, options: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")

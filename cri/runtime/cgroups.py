@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Set as AbstractSet
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -48,13 +49,18 @@ def _inherit_cpuset(path: str) -> None:
                 f.write(value)
 
 
-def ensure(cgroup_parent: str, root: str = CGROUP_ROOT) -> list[str]:
-    """Create the missing directories of ``cgroup_parent`` in every hierarchy;
-    returns the directories created (parents before children)."""
+def ensure(cgroup_parent: str, shared: AbstractSet[str] = frozenset(), root: str = CGROUP_ROOT) -> list[str]:
+    """Create the missing directories of ``cgroup_parent`` in every hierarchy.
+
+    Returns the directories crid owns for this pod (parents before children):
+    those it created now, and those in ``shared`` (made earlier by crid for a
+    pod still alive) that lie on the path. A directory is removed only when no
+    live pod lists it any more."""
     rel = _relative(cgroup_parent)
     if not rel:
         return []
     created: list[str] = []
+    owned: list[str] = []
     try:
         for hierarchy in hierarchies(root):
             path = hierarchy
@@ -63,20 +69,26 @@ def ensure(cgroup_parent: str, root: str = CGROUP_ROOT) -> list[str]:
                 try:
                     os.mkdir(path, 0o755)
                 except FileExistsError:
+                    if path in shared:
+                        owned.append(path)
                     continue
                 created.append(path)
+                owned.append(path)
                 if os.path.basename(hierarchy) == "cpuset":
                     _inherit_cpuset(path)
     except BaseException:
         remove(created)
         raise
-    return created
+    return owned
 
 
 def remove(created: list[str], timeout: float = 5.0) -> None:
     """Remove directories made by ``ensure`` (children first). A cgroup still
-    holding a dying process is busy for a moment: retry briefly."""
+    holding a dying process is busy for a moment: retry briefly. One that has
+    child cgroups (another pod's, or a container's left by another tool) stays."""
     for path in reversed(created):
+        if any(os.path.isdir(os.path.join(path, n)) for n in _listdir(path)):
+            continue
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -88,6 +100,13 @@ def remove(created: list[str], timeout: float = 5.0) -> None:
                 if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def procs(cgroup_parent: str, root: str = CGROUP_ROOT) -> set[int]:

@@ -155,6 +155,10 @@ class Pods:
     def state_dir(self, sb: Sandbox) -> str:
         return os.path.join(self.config.state_dir, "sandboxes", sb.id)
 
+    def _cgroups_in_use(self, other_than: Sandbox) -> set[str]:
+        """Cgroup directories crid made that pods other than ``other_than`` still list."""
+        return {d for s in self.store.by_id.values() if s is not other_than for d in s.cgroups}
+
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
@@ -220,7 +224,7 @@ class Pods:
         os.makedirs(state, mode=0o711, exist_ok=True)
         hostnet = opts.network == pb.NODE
         if config.linux.cgroup_parent:
-            sb.cgroups = cgroups.ensure(config.linux.cgroup_parent)
+            sb.cgroups = cgroups.ensure(config.linux.cgroup_parent, self._cgroups_in_use(sb))
             self.store.save(sb)
         kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
         hostname = config.hostname or config.metadata.name
@@ -323,7 +327,8 @@ class Pods:
             await steps.run("remove containers", self.remove_containers(sb))
             if await steps.run("namespaces", self._ns(namespaces.remove, list(sb.namespaces.values()))):
                 sb.namespaces = {}
-            if sb.cgroups and await steps.run("cgroups", asyncio.to_thread(cgroups.remove, sb.cgroups)):
+            mine = [d for d in sb.cgroups if d not in self._cgroups_in_use(sb)]
+            if mine and await steps.run("cgroups", asyncio.to_thread(cgroups.remove, mine)):
                 sb.cgroups = []
             shutil.rmtree(self.state_dir(sb), ignore_errors=True)
             shutil.rmtree(self.files_dir(sb), ignore_errors=True)

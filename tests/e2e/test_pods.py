@@ -323,6 +323,19 @@ def test_cgroup_parent_is_created_and_removed(crid: CridProcess) -> None:
     assert not os.path.exists(f"/sys/fs/cgroup/memory{parent.rsplit('/', 1)[0]}")
 
 
+def test_cgroup_parent_shared_by_pods(crid: CridProcess) -> None:
+    top = f"/crid-e2e-{secrets.token_hex(4)}"
+    ids = [
+        run_pod(crid, pod_config(f"cg{i}", linux=pb.LinuxPodSandboxConfig(cgroup_parent=f"{top}/pod{i}")))
+        for i in range(3)
+    ]
+    stop_and_remove(crid, ids[0])  # the pod that made the shared parent goes first
+    assert os.path.isdir(f"/sys/fs/cgroup/memory{top}/pod1")
+    for pod_id in ids[1:]:
+        stop_and_remove(crid, pod_id)
+    assert not os.path.exists(f"/sys/fs/cgroup/memory{top}")
+
+
 # --- timeouts, crashes, restarts ------------------------------------------------------------
 
 
