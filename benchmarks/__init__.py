@@ -6,7 +6,12 @@
   decorate it with ``@cri_workload("name", "row title", rpcs=(...))`` and it runs
   against crid and containerd, A/B; a target that answers UNIMPLEMENTED for
   one of ``rpcs``, or raises ``NotSupported``, is reported as not supported.
-- ``harness``: starts the daemons, runs the workloads A/B, stops everything.
+  A function that measures several things per call (``@cri_rows_workload``)
+  returns one list per declared ``Row``, each reported as a row of its own.
+- ``images``: the test images (pause, busybox, big, small files), built in
+  code and pushed to a local docker-registry that both runtimes pull from.
+- ``harness``: starts the registry and the daemons (each with its own CNI
+  bridge network), runs the workloads A/B, stops and removes everything.
 - ``containerd``: a containerd on temporary dirs; ``oci``: the runc/crun floor.
 - ``report``: results.json, results.md, samples.json, latency.png.
 """

@@ -6,12 +6,15 @@ CRI plugin's CNI config and registry config, pod netns mounts. It never
 touches the host's /run/containerd, /var/lib/containerd or /opt/containerd
 (one exception in containerd 1.6 itself: a shim, once a pod runs, puts its
 socket under /run/containerd/s/; teardown removes those of its own shims).
+
+Its pod network is a bridge of its own (``ctrdb<random>``) with host-local
+IPAM in its dir and no masquerading; teardown deletes the bridge.
 """
 
 import contextlib
-import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -24,9 +27,9 @@ from cri.api.v1 import api_pb2 as pb
 
 BINARY = "/usr/bin/containerd"
 CNI_BIN_DIR = "/usr/lib/cni"
-# the pause image in the project's local test registry (not pushed there yet)
-SANDBOX_IMAGE = "127.0.0.1:5000/pause:3.9"
-SUBNET = "10.88.0.0/16"
+# the harness passes the pause image it pushed to its local registry; this one is never pulled
+SANDBOX_IMAGE = "127.0.0.1:5000/bench/pause:3.9"
+SUBNET = "10.90.0.0/16"
 STARTUP_TIMEOUT = 20.0
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
 
@@ -47,7 +50,8 @@ def _q(value: str) -> str:
 
 
 def cni_conflist(name: str, bridge: str, subnet: str, ipam_dir: str) -> dict[str, object]:
-    """The pod network of the benchmarks: a bridge with host-local IPAM and port mappings."""
+    """The pod network of the benchmarks: a bridge with host-local IPAM (state in ``ipam_dir``) and
+    port mappings, no masquerading (the pods talk to nothing outside)."""
     return {
         "cniVersion": "1.0.0",
         "name": name,
@@ -56,7 +60,7 @@ def cni_conflist(name: str, bridge: str, subnet: str, ipam_dir: str) -> dict[str
                 "type": "bridge",
                 "bridge": bridge,
                 "isGateway": True,
-                "ipMasq": True,
+                "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": {
                     "type": "host-local",
@@ -86,6 +90,7 @@ class ContainerdProcess:
         binary: str = BINARY,
         sandbox_image: str = SANDBOX_IMAGE,
         subnet: str = SUBNET,
+        bridge: str | None = None,
         log_level: str = "info",
     ) -> None:
         self.dir = base / name
@@ -102,7 +107,10 @@ class ContainerdProcess:
         self.sandbox_image = sandbox_image
         self.subnet = subnet
         self.log_level = log_level
-        self.bridge = "cb" + hashlib.sha256(str(self.dir).encode()).hexdigest()[:10]
+        self.bridge = bridge or "ctrdb" + secrets.token_hex(3)
+        self.registry_config_dir = self.dir / "certs.d"  # <host:port>/hosts.toml
+        self.content_dir = self.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
+        self.snapshots_dir = self.root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: CriClient | None = None
         self._bridge_existed = False
@@ -143,12 +151,15 @@ class ContainerdProcess:
             "  systemd_cgroup = false",
             "  netns_mounts_under_state_dir = true",
             "  disable_tcp_service = true",
+            # the pause container asks for oom_score_adj -998; where lowering it is not allowed (as on
+            # the benchmark VM) runc fails: clamp it to containerd's own, as crid clamps to its own
+            "  restrict_oom_score_adj = true",
             '[plugins."io.containerd.grpc.v1.cri".cni]',
             f"  bin_dir = {_q(CNI_BIN_DIR)}",
             f"  conf_dir = {_q(str(self.cni_conf_dir))}",
             "  max_conf_num = 1",
             '[plugins."io.containerd.grpc.v1.cri".registry]',
-            f"  config_path = {_q(str(d / 'certs.d'))}",
+            f"  config_path = {_q(str(self.registry_config_dir))}",
             ctd,
             '  default_runtime_name = "runc"',
             '  snapshotter = "overlayfs"',

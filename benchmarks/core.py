@@ -2,10 +2,13 @@
 
 A workload is a function registered by name. It gets a *target* handle (a CRI
 runtime such as crid or containerd, or a bare OCI runtime such as runc for the
-floor) and the round's parameters, and returns samples. A target that cannot
-do the workload raises :class:`NotSupported` (the harness also turns an
-``UNIMPLEMENTED`` gRPC status into it); the workload is then reported as not
-supported for that target, with the reason, never dropped.
+floor) and the round's parameters, and returns samples: a list, or for a
+workload that measures several things at once (RunPodSandbox, StopPodSandbox
+and RemovePodSandbox of the same pods) one list per declared :class:`Row`.
+A target that cannot do the workload raises :class:`NotSupported` (the harness
+also turns an ``UNIMPLEMENTED`` gRPC status into it); the workload is then
+reported as not supported for that target, with the reason, never dropped. A
+multi-row workload can also put a :class:`NotSupported` in place of one row.
 """
 
 from collections.abc import Callable
@@ -13,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+import grpc
+
 from cri.api.client import CriClient
+from cri.api.v1 import api_pb2 as pb
 
 Unit = Literal["s", "bytes", "MB/s"]
 Kind = Literal["cri", "oci"]
@@ -22,8 +28,9 @@ Kind = Literal["cri", "oci"]
 CRI_TARGETS = ("crid", "containerd")
 OCI_TARGETS = ("runc", "crun")
 
+IMAGE_RPCS = {"ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"}
 
-NEEDS_IMAGES = "needs the test images (pause, busybox, a large image) in a local registry: not built yet"
+NEEDS_IMAGES = "needs the test images (pause, busybox, big, small files) in a local registry: none were pushed"
 
 
 class NotSupported(Exception):
@@ -35,14 +42,35 @@ class NotSupported(Exception):
 
 
 @dataclass(frozen=True)
+class ImageSizes:
+    """How big the pushed benchmark images are (the smoke test makes them tiny)."""
+
+    big_bytes: int = 300 * 1000 * 1000  # incompressible data of the big image, over big_layers layers
+    big_layers: int = 3
+    big_file_bytes: int = 32 << 20  # files of the big image's layers
+    small_files: int = 20_000  # files of the one layer of the small-files image
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    """An image in the local registry, as both runtimes name it."""
+
+    ref: str  # 127.0.0.1:PORT/bench/NAME:TAG
+    compressed_bytes: int  # manifest + config + compressed layers: what a pull downloads
+    unpacked_bytes: int  # the layers' tar streams
+    blobs: tuple[str, ...]  # config and layer digests: gone from a runtime's content store when it is cold
+
+
+@dataclass(frozen=True)
 class TestImages:
-    """Images in a local registry that the pod and container workloads use."""
+    """The images in the local registry that the image, pod and container workloads use."""
 
     __test__ = False  # not a pytest class
 
-    pause: str
-    busybox: str
-    large: str  # a multi-layer image for the cold pull
+    pause: PushedImage  # containerd's sandbox_image (catatonit -P)
+    busybox: PushedImage  # the containers' image
+    big: PushedImage  # a few layers of large incompressible files: cold pull throughput
+    small: PushedImage  # one layer of many small files: cold pull of a metadata-heavy layer
 
 
 @dataclass
@@ -54,6 +82,8 @@ class CriTarget:
     pid: int  # the daemon process (for RSS)
     dir: Path  # the daemon's temporary dir: its processes have it on their command line
     cgroup_parent: str  # cgroupfs parent for the pods a workload makes, removed at teardown
+    content_dir: Path  # where its content store keeps blobs by hex digest
+    snapshots_dir: Path  # where its unpacked layers live, one numbered dir each
 
 
 @dataclass
@@ -74,7 +104,18 @@ class Params:
     images: TestImages | None
 
 
+@dataclass(frozen=True)
+class Row:
+    """One measured quantity of a multi-row workload: a row of its own in the results."""
+
+    key: str
+    title: str
+    unit: Unit = "s"
+
+
 T = TypeVar("T", CriTarget, OciTarget)
+RowSamples = dict[str, list[float] | NotSupported]
+Samples = list[float] | RowSamples
 
 
 @dataclass(frozen=True)
@@ -84,9 +125,12 @@ class Workload(Generic[T]):
     kind: Kind
     unit: Unit
     count: int  # default samples per round
-    run: Callable[[T, Params], list[float]]
+    run: Callable[[T, Params], Samples]
     rpcs: tuple[str, ...] = ()  # CRI RPCs it needs: one answering UNIMPLEMENTED makes it not supported
     needs_images: bool = False
+    runs: int = 5  # default A/B rounds
+    rows: tuple[Row, ...] = ()  # several results per call: ``run`` returns {row key: samples}
+    parent: str = ""  # for the row of a multi-row workload: that workload's name
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -96,6 +140,7 @@ class Workload(Generic[T]):
 REGISTRY: dict[str, Workload[Any]] = {}
 
 CriFn = Callable[[CriTarget, Params], list[float]]
+CriRowsFn = Callable[[CriTarget, Params], RowSamples]
 OciFn = Callable[[OciTarget, Params], list[float]]
 
 
@@ -113,21 +158,70 @@ def cri_workload(
     count: int = 1000,
     rpcs: tuple[str, ...] = (),
     needs_images: bool = False,
+    runs: int = 5,
 ) -> Callable[[CriFn], CriFn]:
     """Register a workload run against each CRI runtime (crid, containerd)."""
 
     def deco(fn: CriFn) -> CriFn:
-        _register(Workload[CriTarget](name, title, "cri", unit, count, fn, rpcs, needs_images))
+        _register(Workload[CriTarget](name, title, "cri", unit, count, fn, rpcs, needs_images, runs))
         return fn
 
     return deco
 
 
-def oci_workload(name: str, title: str, *, unit: Unit = "s", count: int = 20) -> Callable[[OciFn], OciFn]:
+def cri_rows_workload(
+    name: str,
+    rows: tuple[Row, ...],
+    *,
+    count: int = 10,
+    rpcs: tuple[str, ...] = (),
+    needs_images: bool = False,
+    runs: int = 5,
+) -> Callable[[CriRowsFn], CriRowsFn]:
+    """Register a CRI workload whose every call measures several rows (``fn`` returns {row key: samples})."""
+
+    def deco(fn: CriRowsFn) -> CriRowsFn:
+        title = ", ".join(r.title for r in rows)
+        _register(
+            Workload[CriTarget](name, title, "cri", rows[0].unit, count, fn, rpcs, needs_images, runs, tuple(rows))
+        )
+        return fn
+
+    return deco
+
+
+def oci_workload(
+    name: str, title: str, *, unit: Unit = "s", count: int = 20, runs: int = 5
+) -> Callable[[OciFn], OciFn]:
     """Register a workload run against each bare OCI runtime (runc, crun)."""
 
     def deco(fn: OciFn) -> OciFn:
-        _register(Workload[OciTarget](name, title, "oci", unit, count, fn))
+        _register(Workload[OciTarget](name, title, "oci", unit, count, fn, runs=runs))
         return fn
 
     return deco
+
+
+# --- asking a runtime what it implements ---------------------------------------
+
+
+def rpc_code(exc: BaseException) -> str | None:
+    """The gRPC status code name of a failed call, else None."""
+    code = getattr(exc, "code", None)
+    if isinstance(exc, grpc.RpcError) and callable(code):
+        value = code()
+        return str(getattr(value, "name", value))
+    return None
+
+
+def probe(client: CriClient, rpc: str) -> str | None:
+    """Call ``rpc`` with an empty request: the UNIMPLEMENTED message if the runtime lacks it, else None.
+    Empty requests are rejected before any side effect by a runtime that has the RPC."""
+    stub = client.image if rpc in IMAGE_RPCS else client.runtime
+    request = getattr(pb, f"{rpc}Request")()
+    try:
+        getattr(stub, rpc)(request, timeout=10)
+    except grpc.RpcError as exc:
+        if rpc_code(exc) == "UNIMPLEMENTED":
+            return f"{rpc} is UNIMPLEMENTED ({exc.details()})"
+    return None

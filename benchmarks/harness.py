@@ -1,19 +1,32 @@
 """Run the selected workloads A/B against their targets and write the results.
 
 ``run(Options(...))`` is the Python API (``python -m benchmarks`` and the
-smoke test use it): it starts a crid and a containerd daemon on temporary
-dirs (only if a CRI workload is selected), builds the floor's busybox bundle
-(only if a floor workload is selected), runs each workload for ``runs``
-rounds, alternating the targets inside every round (crid, containerd, crid,
-containerd, ...) so that drift hits both, then stops everything it started,
-also on an exception or Ctrl-C, and writes results.json, results.md,
-samples.json and latency.png.
+smoke test use it). In a temporary dir it:
+
+- starts a local registry (Debian's docker-registry, plain HTTP on 127.0.0.1)
+  and pushes the test images to it, if a selected workload needs images;
+- starts crid and containerd (if a CRI workload is selected), each with a
+  hosts.toml for that registry and a bridge network of its own (different
+  bridge names and subnets, host-local IPAM state in the run's dir);
+  containerd's sandbox_image is the pushed pause image;
+- builds the floor's busybox bundle (if a floor workload is selected);
+- runs each workload for its number of rounds, alternating the targets
+  inside every round (crid, containerd, crid, containerd, ...) so that drift
+  hits both;
+- stops everything it started, also on an exception or Ctrl-C: pods,
+  daemons, shims, registry, bridges, cgroups, mounts, the temporary dir;
+- writes results.json, results.md, samples.json and latency.png.
 """
 
 import contextlib
+import dataclasses
+import ipaddress
+import json
 import os
+import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -26,26 +39,39 @@ from typing import Any, Literal
 
 import grpc
 
-from benchmarks import oci, report
-from benchmarks.containerd import ContainerdProcess, delete_oci_containers, kill_processes_mentioning
+from benchmarks import images, oci, report
+from benchmarks.containerd import (
+    CNI_BIN_DIR,
+    SANDBOX_IMAGE,
+    ContainerdProcess,
+    cni_conflist,
+    delete_oci_containers,
+    kill_processes_mentioning,
+)
 from benchmarks.core import (
     CRI_TARGETS,
     NEEDS_IMAGES,
     REGISTRY,
     CriTarget,
+    ImageSizes,
     NotSupported,
     OciTarget,
     Params,
+    Row,
     TestImages,
     Workload,
+    probe,
+    rpc_code,
 )
 from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 from tests.e2e.harness import CridProcess
+from tests.support.registry import Registry
 
-DEFAULT_RUNS = 5
-IMAGE_RPCS = {"ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"}
+DEFAULT_RUNS = 5  # rounds of a workload that sets none (each workload has its own default)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# crid's pod network is the first /16 from here on that no route uses, containerd's the next one
+SUBNET_BASE = ipaddress.IPv4Network("10.89.0.0/16")
 
 Status = Literal["ok", "not supported", "failed"]
 
@@ -55,9 +81,9 @@ class Options:
     results_dir: Path
     workloads: list[str] | None = None  # names; None: every registered one
     count: int | None = None  # samples per round; None: each workload's default
-    runs: int = DEFAULT_RUNS  # A/B rounds
+    runs: int | None = None  # A/B rounds; None: each workload's default
     workdir: Path | None = None  # where the run's temporary dir is made (default /tmp); it is removed after
-    images: TestImages | None = None
+    sizes: ImageSizes = field(default_factory=ImageSizes)  # of the pushed test images
     command: str = ""  # shown in the results
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -71,7 +97,7 @@ class Outcome:
 
 @dataclass
 class WorkloadResult:
-    workload: Workload[Any]
+    workload: Workload[Any]  # for a row of a multi-row workload: that row (its ``parent`` is the workload)
     outcomes: dict[str, Outcome]
     seconds: float = 0.0
 
@@ -104,26 +130,7 @@ def select(names: list[str] | None) -> list[Workload[Any]]:
     return [REGISTRY[n] for n in dict.fromkeys(names)]
 
 
-def rpc_code(exc: BaseException) -> str | None:
-    """The gRPC status code name of a failed call, else None."""
-    code = getattr(exc, "code", None)
-    if isinstance(exc, grpc.RpcError) and callable(code):
-        value = code()
-        return str(getattr(value, "name", value))
-    return None
-
-
-def probe(client: CriClient, rpc: str) -> str | None:
-    """Call ``rpc`` with an empty request: the UNIMPLEMENTED message if the runtime lacks it, else None.
-    Empty requests are rejected before any side effect by a runtime that has the RPC."""
-    stub = client.image if rpc in IMAGE_RPCS else client.runtime
-    request = getattr(pb, f"{rpc}Request")()
-    try:
-        getattr(stub, rpc)(request, timeout=10)
-    except grpc.RpcError as exc:
-        if rpc_code(exc) == "UNIMPLEMENTED":
-            return f"{rpc} is UNIMPLEMENTED ({exc.details()})"
-    return None
+__all__ = ["Options", "Results", "WorkloadResult", "probe", "rpc_code", "run", "select"]
 
 
 def remove_all_pods(client: CriClient) -> None:
@@ -155,6 +162,56 @@ def remove_cgroups(name: str) -> None:
                 d.rmdir()
 
 
+def make_cgroup(rel: str) -> None:
+    """mkdir the cgroup ``rel`` (and its parents) in every hierarchy, as kubelet makes ``kubepods``
+    before any pod: the pods' cgroups go below it (a new cpuset cgroup gets its parent's cpus and mems)."""
+    if not CGROUP_ROOT.is_dir():
+        return
+    for hierarchy in CGROUP_ROOT.iterdir():
+        if hierarchy.is_symlink() or not hierarchy.is_dir():
+            continue
+        path = hierarchy
+        for part in rel.strip("/").split("/"):
+            parent, path = path, path / part
+            if path.is_dir():
+                continue
+            path.mkdir()
+            if hierarchy.name == "cpuset":
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    (path / name).write_text((parent / name).read_text())
+
+
+def routed_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 destinations of the main routing table."""
+    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
+    nets = []
+    for route in json.loads(out.stdout or "[]"):
+        dst = route.get("dst", "")
+        if dst and dst != "default":
+            with contextlib.suppress(ValueError):
+                nets.append(ipaddress.IPv4Network(dst, strict=False))
+    return nets
+
+
+def free_subnets(n: int, base: ipaddress.IPv4Network = SUBNET_BASE) -> list[str]:
+    """``n`` /16 networks from ``base`` on that no route overlaps (another run's bridges)."""
+    used = routed_networks()
+    out: list[str] = []
+    candidate = base
+    while len(out) < n:
+        if not any(candidate.overlaps(u) for u in used if u.prefixlen > 0):
+            out.append(str(candidate))
+        candidate = ipaddress.IPv4Network((int(candidate.network_address) + 2**16, 16))
+        if not candidate.subnet_of(ipaddress.IPv4Network("10.0.0.0/8")):
+            raise RuntimeError("no free /16 for the benchmark pod networks in 10.89.0.0-10.255.0.0")
+    return out
+
+
+def delete_link(name: str) -> None:
+    if os.path.exists(f"/sys/class/net/{name}"):
+        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+
+
 class Bench:
     """The started targets of one run; ``close()`` stops them all."""
 
@@ -166,10 +223,24 @@ class Bench:
         self.cri: dict[str, CriTarget] = {}
         self.oci: dict[str, OciTarget] = {}
         self.versions: dict[str, str] = {}
+        self.registry: Registry | None = None
+        self.images: TestImages | None = None
+        self.networks: dict[str, dict[str, str]] = {}  # runtime -> its pod network's bridge and subnet
         self._probes: dict[tuple[str, str], str | None] = {}
         self.stack.callback(self._remove_base)
 
+    def _keep_logs(self) -> None:
+        """Copy the daemons' and the registry's logs to ``<results>/logs/`` before the run's dir goes."""
+        logs = self.options.results_dir / "logs"
+        for name in ("crid/crid.log", "containerd/containerd.log", "registry/registry.log"):
+            source = self.base / name
+            if source.is_file():
+                logs.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(source, logs / source.name)
+
     def _remove_base(self) -> None:
+        self._keep_logs()
         kill_processes_mentioning(str(self.base))
         remove_cgroups(self.cgroup_name)
         shutil.rmtree(self.base, ignore_errors=True)
@@ -187,22 +258,68 @@ class Bench:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def start_registry(self) -> None:
+        registry = Registry(self.base / "registry")
+        self.stack.callback(registry.stop)
+        registry.start()
+        self.registry = registry
+        self.options.log(f"registry at {registry.url}; building and pushing the test images")
+        self.images = images.build_and_push(registry, self.options.sizes, self.options.log)
+
     def start_cri(self) -> None:
         log = self.options.log
-        crid = CridProcess(self.base, "crid", {"log": {"level": "info", "format": "json"}})
+        crid_subnet, containerd_subnet = free_subnets(2)
+        crid_bridge = "cridb" + secrets.token_hex(3)
+        crid_dir = self.base / "crid"
+        net_dir = crid_dir / "net.d"
+        crid = CridProcess(
+            self.base,
+            "crid",
+            {
+                "log": {"level": "info", "format": "json"},
+                "cni": {"conf_dir": str(net_dir), "bin_dirs": [CNI_BIN_DIR]},
+            },
+        )
+        net_dir.mkdir(parents=True, exist_ok=True)
+        conflist = cni_conflist("crid-bench", crid_bridge, crid_subnet, str(crid_dir / "cni-ipam"))
+        (net_dir / "10-crid-bench.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
+        if self.registry is not None:
+            images.write_hosts_toml(Path(crid.config.images.registry_config_dir), self.registry)
+        self.stack.callback(delete_link, crid_bridge)  # after crid has stopped
         self.stack.callback(self._stop_crid, crid)
-        log(f"starting crid in {crid.dir}")
+        make_cgroup(f"{self.cgroup_name}/crid")  # removed by _remove_base
+        self.networks["crid"] = {"bridge": crid_bridge, "subnet": crid_subnet}
+        log(f"starting crid in {crid.dir} (pods on bridge {crid_bridge}, {crid_subnet})")
         crid.start()
         assert crid.proc is not None
-        cgroup = f"/{self.cgroup_name}/crid"
-        self.cri["crid"] = CriTarget("crid", crid.client, crid.proc.pid, crid.dir, cgroup)
+        root = Path(crid.root)
+        self.cri["crid"] = CriTarget(
+            "crid",
+            crid.client,
+            crid.proc.pid,
+            crid.dir,
+            f"/{self.cgroup_name}/crid",
+            content_dir=root / "content" / "blobs" / "sha256",
+            snapshots_dir=root / "snapshots",
+        )
 
-        containerd = ContainerdProcess(self.base)
+        pause = self.images.pause.ref if self.images is not None else SANDBOX_IMAGE
+        containerd = ContainerdProcess(self.base, sandbox_image=pause, subnet=containerd_subnet)
+        make_cgroup(f"{self.cgroup_name}/containerd")
+        self.networks["containerd"] = {"bridge": containerd.bridge, "subnet": containerd_subnet}
+        if self.registry is not None:
+            images.write_hosts_toml(containerd.registry_config_dir, self.registry)
         self.stack.callback(self._stop_containerd, containerd)
-        log(f"starting containerd in {containerd.dir}")
+        log(f"starting containerd in {containerd.dir} (pods on bridge {containerd.bridge}, {containerd_subnet})")
         containerd.start()
         self.cri["containerd"] = CriTarget(
-            "containerd", containerd.client, containerd.pid, containerd.dir, f"/{self.cgroup_name}/containerd"
+            "containerd",
+            containerd.client,
+            containerd.pid,
+            containerd.dir,
+            f"/{self.cgroup_name}/containerd",
+            content_dir=containerd.content_dir,
+            snapshots_dir=containerd.snapshots_dir,
         )
         for name, target in self.cri.items():
             v = target.client.runtime.Version(pb.VersionRequest())
@@ -248,38 +365,73 @@ class Bench:
         if workload.needs_images and params.images is None:
             raise NotSupported(NEEDS_IMAGES)
 
-    def run_workload(self, workload: Workload[Any]) -> WorkloadResult:
+    def run_workload(self, workload: Workload[Any]) -> list[WorkloadResult]:
+        """All rounds of one workload; one result, or one per row of a multi-row workload."""
         opts = self.options
         count = opts.count or workload.count
-        outcomes = {name: Outcome() for name in workload.targets}
+        runs = opts.runs or workload.runs
+        rows = workload.rows or (Row("", workload.title, workload.unit),)
+        outcomes = {row.key: {name: Outcome() for name in workload.targets} for row in rows}
         t0 = time.monotonic()
-        for rnd in range(opts.runs):
+        for rnd in range(runs):
             for name in workload.targets:  # A, B, A, B, ...
-                outcome = outcomes[name]
-                if outcome.status != "ok":
+                live = [row.key for row in rows if outcomes[row.key][name].status == "ok"]
+                if not live:
                     continue
                 target = self.target(workload, name)
                 workdir = self.base / "work" / workload.name / name
                 workdir.mkdir(parents=True, exist_ok=True)
-                params = Params(count=count, round=rnd, workdir=workdir, images=opts.images)
+                params = Params(count=count, round=rnd, workdir=workdir, images=self.images)
+                failure: Outcome | None = None
                 try:
                     self.check(workload, target, params)
-                    outcome.samples += workload.run(target, params)
+                    got = workload.run(target, params)
+                    per_row = {"": got} if isinstance(got, list) else got
+                    for key in live:
+                        value = per_row.get(key)
+                        if isinstance(value, NotSupported):
+                            outcomes[key][name] = Outcome("not supported", [], value.reason)
+                        elif value is None:
+                            outcomes[key][name] = Outcome("failed", [], f"the workload returned no {key!r} samples")
+                        else:
+                            outcomes[key][name].samples += value
                 except NotSupported as exc:
-                    outcomes[name] = Outcome("not supported", [], exc.reason)
+                    failure = Outcome("not supported", [], exc.reason)
                 except grpc.RpcError as exc:
                     code = rpc_code(exc)
                     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
                     status: Status = "not supported" if code == "UNIMPLEMENTED" else "failed"
-                    outcomes[name] = Outcome(status, [], f"{code}: {details}")
+                    failure = Outcome(status, [], f"{code}: {details}")
                 except Exception as exc:
-                    outcomes[name] = Outcome("failed", [], f"{type(exc).__name__}: {exc}")
+                    failure = Outcome("failed", [], f"{type(exc).__name__}: {exc}")
                 finally:
                     if isinstance(target, CriTarget):
                         remove_all_pods(target.client)
-        result = WorkloadResult(workload, outcomes, time.monotonic() - t0)
-        opts.log(report.one_line(result))
-        return result
+                if failure is not None:
+                    for key in live:
+                        outcomes[key][name] = dataclasses.replace(failure)
+        seconds = time.monotonic() - t0
+        if not workload.rows:
+            results = [WorkloadResult(workload, outcomes[""], seconds)]
+        else:
+            results = [
+                WorkloadResult(
+                    dataclasses.replace(
+                        workload,
+                        name=f"{workload.name}.{row.key}",
+                        title=row.title,
+                        unit=row.unit,
+                        rows=(),
+                        parent=workload.name,
+                    ),
+                    outcomes[row.key],
+                    seconds,
+                )
+                for row in rows
+            ]
+        for r in results:
+            opts.log(report.one_line(r))
+        return results
 
 
 @contextlib.contextmanager
@@ -293,16 +445,18 @@ def bench(options: Options) -> Iterator[Bench]:
 
 def run(options: Options) -> Results:
     selected = select(options.workloads)
-    if options.runs < 1 or (options.count is not None and options.count < 1):
+    if (options.runs is not None and options.runs < 1) or (options.count is not None and options.count < 1):
         raise ValueError("--runs and --count must be at least 1")
     started = time.time()
     machine = report.machine_info()
     with bench(options) as b:
+        if any(w.needs_images for w in selected):
+            b.start_registry()
         if any(w.kind == "cri" for w in selected):
             b.start_cri()
         if any(w.kind == "oci" for w in selected):
             b.start_oci()
-        results = [b.run_workload(w) for w in selected]
+        results = [r for w in selected for r in b.run_workload(w)]
         versions = {**report.tool_versions(), **b.versions}
     out = Results(
         machine=machine,
@@ -312,7 +466,10 @@ def run(options: Options) -> Results:
             "workloads": [w.name for w in selected],
             "count": options.count,
             "runs": options.runs,
+            "image_sizes": dataclasses.asdict(options.sizes),
+            "test_images": dataclasses.asdict(b.images) if b.images is not None else None,
             "targets": list(CRI_TARGETS),
+            "pod_networks": b.networks,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1),
         },

@@ -179,6 +179,17 @@ def _cells(o_json: dict[str, Any], div: float, label: str) -> list[str]:
     return [fmt(o_json[k], div, label) for k in ("p50", "p95", "max")]
 
 
+def _images_lines(images: dict[str, Any] | None) -> list[str]:
+    if not images:
+        return []
+    parts = [
+        f"{name} `{i['ref']}` ({i['compressed_bytes'] / 1e6:.1f} MB compressed, {len(i['blobs']) - 1} layer(s), "
+        f"{i['unpacked_bytes'] / 1e6:.1f} MB unpacked)"
+        for name, i in images.items()
+    ]
+    return ["Test images, in a local docker-registry on loopback: " + "; ".join(parts) + ".", ""]
+
+
 def to_markdown(results: "Results") -> str:
     data = to_json(results)
     m = data["machine"]
@@ -191,7 +202,11 @@ def to_markdown(results: "Results") -> str:
         "",
         "Versions: " + "; ".join(f"{k}: {v}" for k, v in data["versions"].items()) + ".",
         "",
-        f"Options: {json.dumps(data['options'])}.",
+        f"Options: {json.dumps({k: v for k, v in data['options'].items() if k != 'test_images'})}.",
+        "",
+        *_images_lines(data["options"].get("test_images")),
+        "Ratios are crid/containerd of the p50s: below 1 crid is faster or smaller, except for MB/s "
+        "(above 1 crid is faster).",
         "",
         "| operation | crid p50 | crid p95 | crid max | containerd p50 | containerd p95 | containerd max "
         "| crid/containerd (p50) |",

@@ -1,17 +1,26 @@
 """The workloads, registered by name (``python -m benchmarks --list`` shows them).
 
-Latency samples are in seconds, memory in bytes, throughput in MB/s. A
-workload leaves nothing behind (the harness also removes any pod left after
-each round). Those that need pods, containers or images declare the RPCs they
-use and the test images: until a runtime answers those RPCs and the images
-are in a local registry, they are reported as not supported with the reason.
+Latency samples are in seconds, memory in bytes, throughput in MB/s (10^6
+bytes, compressed, per second). A workload leaves nothing behind (the harness
+also removes any pod or container left after each round). Those that need
+pods, containers or images declare the RPCs they use: a runtime that answers
+one of them UNIMPLEMENTED is reported as not supported, with the reason.
+
+Pods are configured as kubelet configures an ordinary pod: their own network,
+IPC and UTS namespaces, a PID namespace per container, a cgroup parent of
+their own under the run's cgroup, a log directory. Containers run the busybox
+image's ``sleep 3600`` and are stopped with a timeout of 0, as kubelet does
+when a pod is deleted with no grace period.
 """
 
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import psutil
 
@@ -22,15 +31,28 @@ from benchmarks.core import (
     NotSupported,
     OciTarget,
     Params,
+    PushedImage,
+    Row,
+    RowSamples,
     TestImages,
+    cri_rows_workload,
     cri_workload,
     oci_workload,
+    probe,
 )
 from cri.api.v1 import api_pb2 as pb
 
 WARMUP = 10  # untimed calls before the timed ones of a latency workload
 RSS_INTERVAL = 0.02  # seconds between two RSS samples
+LIST_INTERVAL = 0.01  # seconds between two rounds of List calls during a pull
+PARALLEL = 10  # pods at a time in the parallel pod workload
+RPC_TIMEOUT = 120.0  # seconds: any one pod or container RPC
+PULL_TIMEOUT = 900.0
+COLD_TIMEOUT = 120.0  # seconds for a removed image's blobs and snapshots to be garbage collected
 MB = 1_000_000
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 def timed(call: Callable[[], object], count: int, warmup: int = WARMUP) -> list[float]:
@@ -102,20 +124,17 @@ def floor_run(t: OciTarget, p: Params) -> list[float]:
     return samples
 
 
-# --- pods and containers (supported once the RPCs and the test images exist) --
+# --- pods ------------------------------------------------------------------------
 
 POD_RPCS = ("RunPodSandbox", "StopPodSandbox", "RemovePodSandbox")
 CONTAINER_RPCS = (*POD_RPCS, "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer")
 
 
-def images_of(p: Params) -> TestImages:
-    if p.images is None:
-        raise NotSupported(NEEDS_IMAGES)
-    return p.images
-
-
-def pull(t: CriTarget, image: str) -> None:
-    t.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)))
+def ensure_pause(t: CriTarget, p: Params) -> None:
+    """containerd runs a pause container per pod (its sandbox_image, pulled at the first
+    RunPodSandbox if absent): pull it before timing anything. crid needs no pause image."""
+    if t.name != "crid":
+        pull(t, images_of(p).pause.ref)
 
 
 def pod_config(t: CriTarget, p: Params, name: str) -> pb.PodSandboxConfig:
@@ -126,17 +145,33 @@ def pod_config(t: CriTarget, p: Params, name: str) -> pb.PodSandboxConfig:
         metadata=pb.PodSandboxMetadata(name=name, uid=uid, namespace="crid-bench"),
         hostname=name,
         log_directory=str(logs),
-        linux=pb.LinuxPodSandboxConfig(cgroup_parent=f"{t.cgroup_parent}/pod{uid}"),
+        labels={"app": "crid-bench"},
+        linux=pb.LinuxPodSandboxConfig(
+            cgroup_parent=f"{t.cgroup_parent}/pod{uid}",
+            # what kubelet sends for a pod without hostNetwork or shareProcessNamespace
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
+            ),
+        ),
     )
 
 
 def run_pod(t: CriTarget, config: pb.PodSandboxConfig) -> str:
-    return str(t.client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id)
+    req = pb.RunPodSandboxRequest(config=config)
+    return str(t.client.runtime.RunPodSandbox(req, timeout=RPC_TIMEOUT).pod_sandbox_id)
+
+
+def stop_pod(t: CriTarget, pod_id: str) -> None:
+    t.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=RPC_TIMEOUT)
+
+
+def delete_pod(t: CriTarget, pod_id: str) -> None:
+    t.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=RPC_TIMEOUT)
 
 
 def remove_pod(t: CriTarget, pod_id: str) -> None:
-    t.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
-    t.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    stop_pod(t, pod_id)
+    delete_pod(t, pod_id)
 
 
 @contextmanager
@@ -149,54 +184,370 @@ def pod(t: CriTarget, p: Params, name: str = "bench") -> Iterator[tuple[str, pb.
         remove_pod(t, pod_id)
 
 
+def warm_up_pods(t: CriTarget, p: Params) -> None:
+    """One untimed pod before the first round: the bridge is created, plugins and binaries are in
+    the page cache."""
+    ensure_pause(t, p)
+    if p.round == 0:
+        remove_pod(t, run_pod(t, pod_config(t, p, "warmup")))
+
+
+def _clock(out: list[float], fn: Callable[[CriTarget, A], R], t: CriTarget, arg: A) -> R:
+    """``fn(t, arg)``, its duration appended to ``out``."""
+    t0 = time.perf_counter()
+    result = fn(t, arg)
+    out.append(time.perf_counter() - t0)
+    return result
+
+
+def _pod_rows(mode: str) -> tuple[Row, Row, Row]:
+    return (
+        Row("run", f"RunPodSandbox, {mode}"),
+        Row("stop", f"StopPodSandbox, {mode}"),
+        Row("remove", f"RemovePodSandbox, {mode}"),
+    )
+
+
+@cri_rows_workload("pod_lifecycle", _pod_rows("one at a time"), count=10, runs=3, rpcs=POD_RPCS, needs_images=True)
+def pod_lifecycle(t: CriTarget, p: Params) -> RowSamples:
+    """``count`` pods one after the other, each run, stopped and removed; every RPC timed."""
+    warm_up_pods(t, p)
+    run: list[float] = []
+    stop: list[float] = []
+    remove: list[float] = []
+    for i in range(p.count):
+        config = pod_config(t, p, f"pod-{p.round}-{i}")
+        pod_id = _clock(run, run_pod, t, config)
+        _clock(stop, stop_pod, t, pod_id)
+        _clock(remove, delete_pod, t, pod_id)
+    return {"run": run, "stop": stop, "remove": remove}
+
+
+@cri_rows_workload(
+    "pod_lifecycle_parallel",
+    _pod_rows(f"{PARALLEL} at a time"),
+    count=10,
+    runs=3,
+    rpcs=POD_RPCS,
+    needs_images=True,
+)
+def pod_lifecycle_parallel(t: CriTarget, p: Params) -> RowSamples:
+    """``count`` pods in batches of 10: the batch's RunPodSandbox calls at once, then its
+    StopPodSandbox calls, then its RemovePodSandbox calls; every RPC timed on its own."""
+    warm_up_pods(t, p)
+    run: list[float] = []
+    stop: list[float] = []
+    remove: list[float] = []
+    with ThreadPoolExecutor(PARALLEL, thread_name_prefix="bench-pod") as pool:
+        for start in range(0, p.count, PARALLEL):
+            configs = [pod_config(t, p, f"pod-{p.round}-{i}") for i in range(start, min(p.count, start + PARALLEL))]
+            pod_ids = list(pool.map(lambda c: _clock(run, run_pod, t, c), configs))
+            list(pool.map(lambda i: _clock(stop, stop_pod, t, i), pod_ids))
+            list(pool.map(lambda i: _clock(remove, delete_pod, t, i), pod_ids))
+    return {"run": run, "stop": stop, "remove": remove}
+
+
+def helper_processes(t: CriTarget) -> list[psutil.Process]:
+    """The runtime's processes other than the daemon: whatever has its dir on the command line
+    (containerd's shims), and their descendants and the daemon's (pause, conmon, the containers)."""
+    me = os.getpid()
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline: list[str] = proc.info["cmdline"] or []
+        if proc.info["pid"] not in (me, t.pid) and any(str(t.dir) in arg for arg in cmdline):
+            found[proc.pid] = proc
+    roots = [psutil.Process(t.pid), *found.values()]
+    for root in roots:
+        try:
+            for child in root.children(recursive=True):
+                if child.pid not in (me, t.pid):
+                    found[child.pid] = child
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def helpers_memory(t: CriTarget) -> tuple[int, int]:
+    """(RSS, PSS) in bytes summed over :func:`helper_processes`."""
+    rss = pss = 0
+    for proc in helper_processes(t):
+        try:
+            info = proc.memory_full_info()
+        except psutil.Error:
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return rss, pss
+
+
+PODS_FOR_RSS = 20
+
+
+@cri_rows_workload(
+    "rss_20_pods",
+    (
+        Row("daemon", f"daemon RSS, {PODS_FOR_RSS} ready pods", "bytes"),
+        Row("per_pod_rss", "per-pod overhead: RSS of shims, pause and infra processes / pods", "bytes"),
+        Row("per_pod_pss", "per-pod overhead: PSS of shims, pause and infra processes / pods", "bytes"),
+    ),
+    count=5,
+    runs=2,
+    rpcs=POD_RPCS,
+    needs_images=True,
+)
+def rss_20_pods(t: CriTarget, p: Params) -> RowSamples:
+    """20 ready pods (no containers); then the daemon's RSS, and what the runtime's other
+    processes (containerd: a shim and a pause process per pod) hold, per pod."""
+    ensure_pause(t, p)
+    pods = []
+    try:
+        for i in range(PODS_FOR_RSS):
+            pods.append(run_pod(t, pod_config(t, p, f"pod-{i}")))
+        daemon: list[float] = []
+        per_rss: list[float] = []
+        per_pss: list[float] = []
+        for i in range(p.count):
+            if i:
+                time.sleep(RSS_INTERVAL)
+            daemon.append(float(psutil.Process(t.pid).memory_info().rss))
+            rss, pss = helpers_memory(t)
+            per_rss.append(rss / len(pods))
+            per_pss.append(pss / len(pods))
+        return {"daemon": daemon, "per_pod_rss": per_rss, "per_pod_pss": per_pss}
+    finally:
+        for pod_id in pods:
+            remove_pod(t, pod_id)
+
+
+# --- images ------------------------------------------------------------------
+
+IMAGE_RPCS = ("PullImage", "RemoveImage", "ImageStatus")
+
+
+def images_of(p: Params) -> TestImages:
+    if p.images is None:
+        raise NotSupported(NEEDS_IMAGES)
+    return p.images
+
+
+def pull(t: CriTarget, image: str) -> None:
+    t.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=PULL_TIMEOUT)
+
+
+def remove_image(t: CriTarget, image: str) -> None:
+    t.client.image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image)), timeout=RPC_TIMEOUT)
+
+
+def has_image(t: CriTarget, image: str) -> bool:
+    req = pb.ImageStatusRequest(image=pb.ImageSpec(image=image))
+    return bool(t.client.image.ImageStatus(req, timeout=RPC_TIMEOUT).HasField("image"))
+
+
+def snapshot_dirs(t: CriTarget) -> set[str]:
+    """The numbered snapshot directories of the runtime's snapshotter (unpacked layers)."""
+    try:
+        return {n for n in os.listdir(t.snapshots_dir) if n.isdigit()}
+    except FileNotFoundError:
+        return set()
+
+
+def make_cold(t: CriTarget, image: PushedImage, snapshots: set[str] | None = None) -> None:
+    """RemoveImage, then wait until the runtime's garbage collection has deleted the image's blobs
+    from its content store and its unpacked layers (``snapshots``: their dirs, when known; else
+    until the snapshot dirs stop changing): the next pull of it is cold."""
+    remove_image(t, image.ref)
+    if has_image(t, image.ref):
+        raise RuntimeError(f"{t.name} still lists {image.ref} after RemoveImage")
+    deadline = time.monotonic() + COLD_TIMEOUT
+    last: set[str] | None = None
+    stable = 0
+    while True:
+        blobs = [d for d in image.blobs if (t.content_dir / d.removeprefix("sha256:")).exists()]
+        dirs = snapshot_dirs(t)
+        if snapshots is not None:
+            done = not (dirs & snapshots)
+        else:
+            stable = stable + 1 if dirs == last else 0
+            last = dirs
+            done = stable >= 3
+        if not blobs and done:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{t.name} kept {len(blobs)} blob(s) of {image.ref} ({t.content_dir}) and its snapshots "
+                f"{sorted(dirs & snapshots) if snapshots else '?'} for {COLD_TIMEOUT:g}s after RemoveImage"
+            )
+        time.sleep(0.05)
+
+
+def timed_cold_pulls(t: CriTarget, image: PushedImage, count: int) -> tuple[list[float], list[float]]:
+    """``count`` pulls of ``image``, each from a cold store; returns (MB/s, seconds) per pull."""
+    make_cold(t, image)
+    mbps, seconds = [], []
+    for _ in range(count):
+        before = snapshot_dirs(t)
+        t0 = time.perf_counter()
+        pull(t, image.ref)
+        elapsed = time.perf_counter() - t0
+        if not has_image(t, image.ref):
+            raise RuntimeError(f"{t.name} does not list {image.ref} after pulling it")
+        mbps.append(image.compressed_bytes / MB / elapsed)
+        seconds.append(elapsed)
+        make_cold(t, image, snapshot_dirs(t) - before)
+    return mbps, seconds
+
+
+@cri_rows_workload(
+    "image_pull_big",
+    (
+        Row("mbps", "cold pull, big image (large incompressible files): MB/s", "MB/s"),
+        Row("seconds", "cold pull, big image: seconds"),
+    ),
+    count=1,
+    runs=5,
+    rpcs=IMAGE_RPCS,
+    needs_images=True,
+)
+def image_pull_big(t: CriTarget, p: Params) -> RowSamples:
+    mbps, seconds = timed_cold_pulls(t, images_of(p).big, p.count)
+    return {"mbps": mbps, "seconds": seconds}
+
+
+@cri_rows_workload(
+    "image_pull_small",
+    (
+        Row("mbps", "cold pull, small-files image: MB/s", "MB/s"),
+        Row("seconds", "cold pull, small-files image: seconds"),
+    ),
+    count=1,
+    runs=3,
+    rpcs=IMAGE_RPCS,
+    needs_images=True,
+)
+def image_pull_small(t: CriTarget, p: Params) -> RowSamples:
+    mbps, seconds = timed_cold_pulls(t, images_of(p).small, p.count)
+    return {"mbps": mbps, "seconds": seconds}
+
+
+def _sample_lists(
+    calls: dict[str, Callable[[], object]],
+    out: dict[str, list[float]],
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> None:
+    """Call each of ``calls`` in turn, timing each into ``out``, until ``stop`` is set."""
+    try:
+        while not stop.is_set():
+            for key, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                out[key].append(time.perf_counter() - t0)
+            stop.wait(LIST_INTERVAL)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@cri_rows_workload(
+    "list_during_pull",
+    (
+        Row("images", "ListImages during a cold pull of the big image"),
+        Row("containers", "ListContainers during a cold pull of the big image"),
+    ),
+    count=1,
+    runs=2,
+    rpcs=(*IMAGE_RPCS, "ListImages"),
+    needs_images=True,
+)
+def list_during_pull(t: CriTarget, p: Params) -> RowSamples:
+    """Pull the big image (cold) while a second thread calls ListImages and ListContainers in a loop,
+    10 ms apart: a pull must not stall the runtime's reads."""
+    image = images_of(p).big
+    out: dict[str, list[float]] = {"images": []}
+    calls: dict[str, Callable[[], object]] = {
+        "images": lambda: t.client.image.ListImages(pb.ListImagesRequest(), timeout=RPC_TIMEOUT)
+    }
+    missing = probe(t.client, "ListContainers")
+    if missing is None:
+        out["containers"] = []
+        calls["containers"] = lambda: t.client.runtime.ListContainers(pb.ListContainersRequest(), timeout=RPC_TIMEOUT)
+    make_cold(t, image)
+    for _ in range(p.count):
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        sampler = threading.Thread(target=_sample_lists, args=(calls, out, stop, errors), name="bench-list-sampler")
+        before = snapshot_dirs(t)
+        sampler.start()
+        try:
+            pull(t, image.ref)
+        finally:
+            stop.set()
+            sampler.join()
+        if errors:
+            raise errors[0]
+        make_cold(t, image, snapshot_dirs(t) - before)
+    rows: RowSamples = dict(out)
+    if missing is not None:
+        rows["containers"] = NotSupported(missing)
+    return rows
+
+
+# --- containers --------------------------------------------------------------------
+
+SLEEP = ("sleep", "3600")
+
+
+def ensure_busybox(t: CriTarget, p: Params) -> str:
+    ensure_pause(t, p)
+    busybox = images_of(p).busybox.ref
+    pull(t, busybox)
+    return busybox
+
+
 def create_container(
-    t: CriTarget, pod_id: str, pod_cfg: pb.PodSandboxConfig, image: str, name: str, args: tuple[str, ...]
+    t: CriTarget, pod_id: str, pod_cfg: pb.PodSandboxConfig, image: str, name: str, args: tuple[str, ...] = SLEEP
 ) -> str:
     config = pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name=name),
+        metadata=pb.ContainerMetadata(name=name, attempt=0),
         image=pb.ImageSpec(image=image),
         command=list(args),
-        log_path=f"{name}.log",
+        log_path=f"{name}.log",  # relative to the pod's log_directory
+        labels={"app": "crid-bench"},
+        linux=pb.LinuxContainerConfig(),
     )
     req = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_cfg)
-    return str(t.client.runtime.CreateContainer(req).container_id)
+    return str(t.client.runtime.CreateContainer(req, timeout=RPC_TIMEOUT).container_id)
 
 
 def start_container(t: CriTarget, cid: str) -> None:
-    t.client.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+    t.client.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
+
+
+def running_containers(t: CriTarget, pod_id: str) -> int:
+    listed = t.client.runtime.ListContainers(pb.ListContainersRequest(), timeout=RPC_TIMEOUT).containers
+    return sum(1 for c in listed if c.pod_sandbox_id == pod_id and c.state == pb.CONTAINER_RUNNING)
 
 
 def remove_container(t: CriTarget, cid: str) -> None:
-    t.client.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
-    t.client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    t.client.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=RPC_TIMEOUT)
+    t.client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
 
 
-SLEEP = ("/bin/sleep", "3600")
-
-
-@cri_workload("pod_lifecycle", "pod sandbox run+stop+remove", count=10, rpcs=POD_RPCS, needs_images=True)
-def pod_lifecycle(t: CriTarget, p: Params) -> list[float]:
-    pull(t, images_of(p).pause)
-    samples = []
-    for i in range(p.count):
-        config = pod_config(t, p, f"pod-{i}")
-        t0 = time.perf_counter()
-        remove_pod(t, run_pod(t, config))
-        samples.append(time.perf_counter() - t0)
-    return samples
-
-
-@cri_workload("container_create_start", "container create+start", count=10, rpcs=CONTAINER_RPCS, needs_images=True)
+@cri_workload(
+    "container_create_start", "container create+start", count=10, runs=3, rpcs=CONTAINER_RPCS, needs_images=True
+)
 def container_create_start(t: CriTarget, p: Params) -> list[float]:
-    busybox = images_of(p).busybox
-    pull(t, busybox)
+    """CreateContainer + StartContainer of ``count`` busybox containers in one pod (they keep running)."""
+    busybox = ensure_busybox(t, p)
     samples = []
     with pod(t, p) as (pod_id, pod_cfg):
         for i in range(p.count):
             t0 = time.perf_counter()
-            cid = create_container(t, pod_id, pod_cfg, busybox, f"c{i}", SLEEP)
+            cid = create_container(t, pod_id, pod_cfg, busybox, f"c{i}")
             start_container(t, cid)
             samples.append(time.perf_counter() - t0)
+        running = running_containers(t, pod_id)
+        if running != p.count:
+            raise RuntimeError(f"{t.name} has {running} running containers in the pod, {p.count} were started")
     return samples
 
 
@@ -204,17 +555,18 @@ def container_create_start(t: CriTarget, p: Params) -> list[float]:
     "container_lifecycle",
     "container create+start+stop+remove",
     count=10,
+    runs=3,
     rpcs=CONTAINER_RPCS,
     needs_images=True,
 )
 def container_lifecycle(t: CriTarget, p: Params) -> list[float]:
-    busybox = images_of(p).busybox
-    pull(t, busybox)
+    """Create, start, stop (timeout 0) and remove a busybox container, ``count`` times in one pod."""
+    busybox = ensure_busybox(t, p)
     samples = []
     with pod(t, p) as (pod_id, pod_cfg):
         for i in range(p.count):
             t0 = time.perf_counter()
-            cid = create_container(t, pod_id, pod_cfg, busybox, f"c{i}", SLEEP)
+            cid = create_container(t, pod_id, pod_cfg, busybox, f"c{i}")
             start_container(t, cid)
             remove_container(t, cid)
             samples.append(time.perf_counter() - t0)
@@ -225,21 +577,23 @@ def container_lifecycle(t: CriTarget, p: Params) -> list[float]:
     "pod_container_start",
     "pod + container start from scratch",
     count=5,
+    runs=3,
     rpcs=CONTAINER_RPCS,
     needs_images=True,
 )
 def pod_container_start(t: CriTarget, p: Params) -> list[float]:
-    images = images_of(p)
-    pull(t, images.pause)
-    pull(t, images.busybox)
+    """RunPodSandbox + CreateContainer + StartContainer: what a new pod costs until its process runs."""
+    busybox = ensure_busybox(t, p)
     samples = []
     for i in range(p.count):
-        config = pod_config(t, p, f"pod-{i}")
+        config = pod_config(t, p, f"pod-{p.round}-{i}")
         t0 = time.perf_counter()
         pod_id = run_pod(t, config)
-        start_container(t, create_container(t, pod_id, config, images.busybox, "c", SLEEP))
-        samples.append(time.perf_counter() - t0)
-        remove_pod(t, pod_id)
+        try:
+            start_container(t, create_container(t, pod_id, config, busybox, "c"))
+            samples.append(time.perf_counter() - t0)
+        finally:
+            remove_pod(t, pod_id)
     return samples
 
 
@@ -247,123 +601,67 @@ def pod_container_start(t: CriTarget, p: Params) -> list[float]:
     "list_containers_100",
     "ListContainers, 100 containers",
     count=200,
+    runs=2,
     rpcs=(*CONTAINER_RPCS, "ListContainers"),
     needs_images=True,
 )
 def list_containers_100(t: CriTarget, p: Params) -> list[float]:
-    busybox = images_of(p).busybox
-    pull(t, busybox)
+    """ListContainers with 100 containers (created, not started) in one pod."""
+    busybox = ensure_busybox(t, p)
     with pod(t, p) as (pod_id, pod_cfg):
-        for i in range(100):  # created, not started: the list is what is measured
-            create_container(t, pod_id, pod_cfg, busybox, f"c{i}", SLEEP)
+        cids = [create_container(t, pod_id, pod_cfg, busybox, f"c{i}") for i in range(100)]
         req = pb.ListContainersRequest()
-        return timed(lambda: t.client.runtime.ListContainers(req), p.count)
-
-
-def remove_image(t: CriTarget, image: str) -> None:
-    t.client.image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image)))
-
-
-def image_size(t: CriTarget, image: str) -> int:
-    return int(t.client.image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=image))).image.size)
-
-
-@cri_workload(
-    "image_pull_cold",
-    "cold image pull",
-    unit="MB/s",
-    count=3,
-    rpcs=("PullImage", "RemoveImage", "ImageStatus"),
-    needs_images=True,
-)
-def image_pull_cold(t: CriTarget, p: Params) -> list[float]:
-    image = images_of(p).large
-    samples = []
-    for _ in range(p.count):
-        remove_image(t, image)  # absent: RemoveImage is idempotent
-        t0 = time.perf_counter()
-        pull(t, image)
-        elapsed = time.perf_counter() - t0
-        samples.append(image_size(t, image) / MB / elapsed)
-    remove_image(t, image)
-    return samples
-
-
-def _pull_into(t: CriTarget, image: str, errors: list[BaseException]) -> None:
-    try:
-        pull(t, image)
-    except BaseException as exc:
-        errors.append(exc)
-
-
-@cri_workload(
-    "list_during_pull",
-    "ListImages/ListContainers during a pull",
-    count=1,
-    rpcs=("PullImage", "RemoveImage", "ListImages", "ListContainers"),
-    needs_images=True,
-)
-def list_during_pull(t: CriTarget, p: Params) -> list[float]:
-    image = images_of(p).large
-    samples: list[float] = []
-    for _ in range(p.count):
-        remove_image(t, image)
-        errors: list[BaseException] = []
-        puller = threading.Thread(target=_pull_into, args=(t, image, errors), name="bench-pull")
-        puller.start()
-        while puller.is_alive():
-            t0 = time.perf_counter()
-            t.client.image.ListImages(pb.ListImagesRequest())
-            samples.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            t.client.runtime.ListContainers(pb.ListContainersRequest())
-            samples.append(time.perf_counter() - t0)
-        puller.join()
-        if errors:
-            raise errors[0]
-    remove_image(t, image)
-    return samples
-
-
-@cri_workload("rss_20_pods", "daemon RSS, 20 pods", unit="bytes", count=5, rpcs=POD_RPCS, needs_images=True)
-def rss_20_pods(t: CriTarget, p: Params) -> list[float]:
-    pull(t, images_of(p).pause)
-    pods = []
-    try:
-        for i in range(20):
-            pods.append(run_pod(t, pod_config(t, p, f"pod-{i}")))
-        return rss_samples(t.pid, p.count)
-    finally:
-        for pod_id in pods:
-            remove_pod(t, pod_id)
+        listed = len(t.client.runtime.ListContainers(req, timeout=RPC_TIMEOUT).containers)
+        if listed < len(cids):
+            raise RuntimeError(f"{t.name} lists {listed} containers, {len(cids)} were created")
+        samples = timed(lambda: t.client.runtime.ListContainers(req, timeout=RPC_TIMEOUT), p.count)
+        for cid in cids:
+            t.client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
+        return samples
 
 
 MONITORS = {"conmon", "containerd-shim-runc-v2"}
+PODS_FOR_MONITOR = 5
 
 
-@cri_workload("monitor_rss", "monitor RSS per container", unit="bytes", count=5, rpcs=CONTAINER_RPCS, needs_images=True)
+@cri_workload(
+    "monitor_rss",
+    "monitor RSS per container",
+    unit="bytes",
+    count=5,
+    runs=2,
+    rpcs=CONTAINER_RPCS,
+    needs_images=True,
+)
 def monitor_rss(t: CriTarget, p: Params) -> list[float]:
     """crid's conmon per container against containerd's shim (one per pod): 5 pods, 1 container each."""
-    images = images_of(p)
-    pull(t, images.pause)
-    pull(t, images.busybox)
+    busybox = ensure_busybox(t, p)
     pods = []
     try:
-        for i in range(5):
+        for i in range(PODS_FOR_MONITOR):
             config = pod_config(t, p, f"pod-{i}")
             pod_id = run_pod(t, config)
             pods.append(pod_id)
-            start_container(t, create_container(t, pod_id, config, images.busybox, "c", SLEEP))
+            start_container(t, create_container(t, pod_id, config, busybox, "c"))
         samples = []
-        for _ in range(p.count):
+        for i in range(p.count):
+            if i:
+                time.sleep(RSS_INTERVAL)
             total = 0
-            for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
-                cmdline = " ".join(proc.info["cmdline"] or [])
-                if proc.info["name"] in MONITORS and str(t.dir) in cmdline:
-                    total += proc.info["memory_info"].rss
+            for proc in helper_processes(t):
+                try:
+                    if proc.name() in MONITORS:
+                        total += proc.memory_info().rss
+                except psutil.Error:
+                    continue
             samples.append(total / len(pods))
-            time.sleep(RSS_INTERVAL)
         return samples
     finally:
         for pod_id in pods:
             remove_pod(t, pod_id)
+
+
+@cri_workload("rss_end", "daemon RSS, idle, after all the workloads above", unit="bytes", count=10)
+def rss_end(t: CriTarget, p: Params) -> list[float]:
+    """What the daemon still holds once the pods, containers and pulls before it are gone."""
+    return rss_samples(t.pid, p.count)
