@@ -360,11 +360,16 @@ class Images:
                 if self.content.exists(layer.digest):
                     return
                 ingest = self.content.writer(layer.digest, layer.size)
+                started = time.monotonic()
                 try:
                     await repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
                     await ingest.commit()
                 finally:
                     ingest.discard()
+                log.debug(
+                    "blob fetched",
+                    extra=fields(digest=layer.digest, bytes=layer.size, seconds=round(time.monotonic() - started, 3)),
+                )
 
         try:
             await self._blobs.run(layer.digest, download)
@@ -400,6 +405,7 @@ class Images:
                 cancel,
             )
             progress.busy += 1
+            started = time.monotonic()
             try:
                 stats: LayerStats = await asyncio.shield(work)
             except BaseException:
@@ -410,6 +416,10 @@ class Images:
             finally:
                 progress.busy -= 1
                 progress.tick()
+            log.debug(
+                "layer unpacked",
+                extra=fields(digest=layer.digest, files=stats.inodes, seconds=round(time.monotonic() - started, 3)),
+            )
             num = self.meta.next_snapshot_num()
             self.snapshots.commit(tmp, num)
             parent = layers[i - 1].chain_id if i else None
