@@ -27,7 +27,7 @@ from cri.log import fields
 from cri.runtime import monitor, podfiles
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.exits import ExitWatcher
-from cri.runtime.pods import Pods
+from cri.runtime.pods import Pods, pod_hostname
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
@@ -36,7 +36,8 @@ from cri.store import Store
 log = logging.getLogger(__name__)
 
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
-KILL_WAIT = 10.0  # after SIGKILL, how long an exit may take before crid gives up waiting
+KILL_WAIT = 10.0
+REOPEN_WAIT = 2.0  # after SIGKILL, how long an exit may take before crid gives up waiting
 _TRUNCATED = b"\n[crid: output truncated at 16 MiB]\n"
 
 
@@ -176,8 +177,11 @@ class Containers:
         bundle, persist = self.bundle(c.id), self.persist(c.id)
         rootfs = os.path.join(bundle, "rootfs")
         upper, work = os.path.join(persist, "upper"), os.path.join(persist, "work")
-        for d in (rootfs, upper, work):
+        for d in (rootfs, work):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        os.makedirs(
+            upper, mode=0o755, exist_ok=True
+        )  # the container's "/" takes this mode: users other than root enter it
         c.rootfs_mounted = True  # recorded first: recovery unmounts if we die midway
         self.store.save(c)
         await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
@@ -206,7 +210,7 @@ class Containers:
             # without a pod cgroup, a top-level leaf that `runtime delete` removes whole
             cgroups_path=f"{cg}/{c.id}" if cg else f"/crid-{c.id}",
             min_oom_score_adj=self._min_oom,
-            hostname=sb.config.hostname or sb.config.metadata.name,
+            hostname=pod_hostname(sb.config),
             sandbox_id=sb.id,
             image_name=c.image_name,
         )
@@ -379,23 +383,26 @@ class Containers:
             try:
                 out, err, code = await asyncio.wait_for(reads, timeout if timeout > 0 else None)
             except TimeoutError:
-                _kill_exec(pid_path)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                await _end_exec(proc, pid_path)
                 raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s and was killed") from None
+            except asyncio.CancelledError:  # the client went away (its own deadline): the command goes too
+                await _end_exec(proc, pid_path)
+                raise
         finally:
             for path in (process_path, pid_path):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         return ExecResult(out, err, code)
 
-    def reopen_log(self, cid: str) -> None:
+    async def reopen_log(self, cid: str) -> None:
         c = self.store.get(cid)
         if c.state != State.RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running")
-        if c.log_path:
-            monitor.reopen_log(self.bundle(c.id))
+        if not c.log_path:
+            return
+        monitor.reopen_log(self.bundle(c.id))
+        # conmon reopens asynchronously; answer once the new file exists, as kubelet then reads it
+        await asyncio.to_thread(_wait_for_file, c.log_path, REOPEN_WAIT)
 
     async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:
         c = self.store.get(cid)
@@ -462,6 +469,12 @@ class Containers:
                     self.store.save(c)
 
 
+def _wait_for_file(path: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def _exited(c: Container) -> bool:
     return c.state == State.EXITED
 
@@ -478,6 +491,18 @@ def _read_json(path: str) -> dict[str, object]:
         doc = json.load(f)
     assert isinstance(doc, dict)
     return doc
+
+
+async def _end_exec(proc: asyncio.subprocess.Process, pid_path: str) -> None:
+    """Kill an exec'd command and let ``runc exec`` reap it before it exits
+    (killing runc first would leave the command a zombie in the container)."""
+    _kill_exec(pid_path)
+    try:
+        await asyncio.wait_for(proc.wait(), KILL_WAIT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
 
 def _kill_exec(pid_path: str) -> None:

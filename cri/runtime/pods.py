@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -30,6 +31,7 @@ from cri.store import Store
 
 log = logging.getLogger(__name__)
 
+HOST_NAME_MAX = 64
 _PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 
 ContainerHook = Callable[[Sandbox], Awaitable[None]]
@@ -71,6 +73,11 @@ def bandwidth(annotations: Mapping[str, str]) -> dict[str, int] | None:
     return out or None
 
 
+def pod_hostname(config: pb.PodSandboxConfig) -> str:
+    """The pod's hostname; the node's when the config has none, as containerd does."""
+    return config.hostname or socket.gethostname()
+
+
 def host_network(config: pb.PodSandboxConfig) -> bool:
     return _ns_options(config).network == pb.NODE
 
@@ -81,6 +88,8 @@ def validate(config: pb.PodSandboxConfig) -> None:
     if missing:
         raise InvalidArgument(f"pod sandbox metadata lacks {', '.join(missing)}")
     bandwidth(config.annotations)
+    if len(config.hostname.encode()) > HOST_NAME_MAX:
+        raise InvalidArgument(f"hostname {config.hostname!r} is longer than {HOST_NAME_MAX} bytes")
     opts = _ns_options(config)
     if opts.network not in (pb.POD, pb.NODE):
         raise InvalidArgument("pod network namespace must be POD or NODE")
@@ -227,7 +236,7 @@ class Pods:
             sb.cgroups = cgroups.ensure(config.linux.cgroup_parent, self._cgroups_in_use(sb))
             self.store.save(sb)
         kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
-        hostname = config.hostname or config.metadata.name
+        hostname = pod_hostname(config)
         sb.namespaces = {k: os.path.join(state, k) for k in kinds}
         self.store.save(sb)  # before creating: recovery unmounts these paths if we die midway
         await self._ns(namespaces.create, state, kinds, hostname)

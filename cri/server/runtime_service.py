@@ -270,7 +270,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
     async def ReopenContainerLog(
         self, request: pb.ReopenContainerLogRequest, context: Any
     ) -> pb.ReopenContainerLogResponse:
-        self.containers.reopen_log(_need(request.container_id, "ReopenContainerLog"))
+        await self.containers.reopen_log(_need(request.container_id, "ReopenContainerLog"))
         return pb.ReopenContainerLogResponse()
 
     async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:

@@ -184,11 +184,14 @@ def test_env_and_args_precedence(pod: Pod) -> None:
 
 
 def test_run_as_user_and_username(pod: Pod) -> None:
-    code, out = pod.output("uid", ["id"], linux=sc(run_as_user=pb.Int64Value(value=1000)))
-    assert code == 0 and out.startswith("uid=1000 gid=1000")
-    # busybox-static cannot map ids to names, so check the id crid resolved from the image's passwd
-    code, out = pod.output("uname", ["id", "-u"], linux=sc(run_as_username="alice"))
-    assert out.strip() == "1000"
+    code, out = pod.output(
+        "uid",
+        ["sh", "-c", "id; ls / > /dev/null && echo root-readable"],
+        linux=sc(run_as_user=pb.Int64Value(value=1000)),
+    )
+    assert code == 0 and out.startswith("uid=1000(alice) gid=1000(alice)") and "root-readable" in out
+    code, out = pod.output("uname", ["id", "-un"], linux=sc(run_as_username="alice"))
+    assert out.strip() == "alice"
     with pytest.raises(grpc.RpcError) as err:
         pod.create("nouser", ["id"], linux=sc(run_as_username="mallory"))
     assert "mallory" in err.value.details()
@@ -323,6 +326,11 @@ def test_exec_sync(pod: Pod) -> None:
         pod.exec(cid, ["sleep", "30"], timeout=1)
     assert time.monotonic() - t0 < 10
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out" in err.value.details()
+    assert b"sleep 30" not in pod.exec(cid, ["ps", "-o", "stat,args"]).stdout  # killed and reaped, no zombie
+    with pytest.raises(grpc.RpcError):  # the client's own deadline ends the command too
+        pod.d.client.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "31"]), timeout=1)
+    time.sleep(0.5)
+    assert b"sleep 31" not in pod.exec(cid, ["ps", "-o", "stat,args"]).stdout
     pod.d.client.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
     with pytest.raises(grpc.RpcError) as err:
         pod.exec(cid, ["true"])

@@ -130,6 +130,18 @@ def test_pod_gets_ip_namespaces_and_files(crid: CridProcess, network: Network) -
     assert not pod_files(crid, pod_id).exists()
 
 
+def test_pod_without_hostname_gets_the_nodes(crid: CridProcess) -> None:
+    cfg = pod_config("x" * 70, hostname="")  # a long pod name is not a hostname (critest's pods look like this)
+    pod_id = run_pod(crid, cfg)
+    try:
+        assert (pod_files(crid, pod_id) / "hostname").read_text().strip() == socket.gethostname()
+    finally:
+        stop_and_remove(crid, pod_id)
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(crid, pod_config("longhost", hostname="h" * 65))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_two_pods_reach_each_other(crid: CridProcess) -> None:
     a, b = run_pod(crid, pod_config("a")), run_pod(crid, pod_config("b"))
     try:
