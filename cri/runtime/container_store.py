@@ -45,10 +45,12 @@ class Container:
     gid: int = 0
     groups: list[int] = field(default_factory=list)
     resources: bytes = b""  # LinuxContainerResources as last applied
+    cgroups_path: str = ""
 
     _DATA = (
         "handler", "image_id", "image_name", "image_ref", "chain_ids", "log_path", "stop_signal", "pid",
         "started_at", "finished_at", "exit_code", "reason", "message", "rootfs_mounted", "uid", "gid", "groups",
+        "cgroups_path",
     )  # fmt: skip
 
     @property

@@ -31,6 +31,7 @@ from cri.runtime.pods import Pods, pod_hostname
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
+from cri.runtime.stats import Usage, read_usage
 from cri.store import Store
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Containers:
         self._tasks: dict[str, asyncio.Task[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._min_oom = _own_oom_score_adj()
+        self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
         pods.stop_containers = self._stop_all
         pods.remove_containers = self._remove_all
         images.snapshots_in_use = self._chains_in_use
@@ -197,6 +199,8 @@ class Containers:
                 raise NotFound(f"target container {cpid.target_id!r} for the PID namespace is not running")
             pid_ns = f"/proc/{target.pid}/ns/pid"
         cg = sb.config.linux.cgroup_parent.rstrip("/")
+        # without a pod cgroup, a top-level leaf that `runtime delete` removes whole
+        c.cgroups_path = f"{cg}/{c.id}" if cg else f"/crid-{c.id}"
         inputs = SpecInputs(
             container_id=c.id,
             config=c.config,
@@ -207,8 +211,7 @@ class Containers:
             pid_namespace=pid_ns,
             sandbox_dir=self.pods.files_dir(sb),
             shm=sb.shm if opts.ipc != pb.NODE else "",
-            # without a pod cgroup, a top-level leaf that `runtime delete` removes whole
-            cgroups_path=f"{cg}/{c.id}" if cg else f"/crid-{c.id}",
+            cgroups_path=c.cgroups_path,
             min_oom_score_adj=self._min_oom,
             hostname=pod_hostname(sb.config),
             sandbox_id=sb.id,
@@ -347,6 +350,7 @@ class Containers:
             self.store.delete(c)
         self._locks.pop(c.id, None)
         self._exited.pop(c.id, None)
+        self._cpu_samples.pop(c.id, None)
         await self.images.gc()  # its layers may belong to an image removed meanwhile
         log.info("container removed", extra=fields(id=c.id, name=c.name))
 
@@ -420,6 +424,40 @@ class Containers:
             os.unlink(path)
         c.resources = resources.SerializeToString()
         self.store.save(c)
+
+    # --- stats ----------------------------------------------------------------------------
+
+    async def stats(self, containers: list[Container]) -> list[tuple[Container, Usage, int | None]]:
+        """Usage of each container, with CPU use in nanocores since the last sample."""
+
+        def read_all() -> list[Usage]:
+            return [read_usage(c.cgroups_path, os.path.join(self.persist(c.id), "upper")) for c in containers]
+
+        out = []
+        for c, usage in zip(containers, await asyncio.to_thread(read_all), strict=True):
+            nano_cores = None
+            previous = self._cpu_samples.get(c.id)
+            if usage.cpu_ns is not None:
+                if previous is not None and usage.timestamp > previous[0]:
+                    nano_cores = max(usage.cpu_ns - previous[1], 0) * 10**9 // (usage.timestamp - previous[0])
+                self._cpu_samples[c.id] = (usage.timestamp, usage.cpu_ns)
+            out.append((c, usage, nano_cores))
+        return out
+
+    def stats_filter(self, filt: pb.ContainerStatsFilter | None) -> list[Container]:
+        found = []
+        for c in self.store.by_id.values():
+            if c.state == State.CREATING:
+                continue
+            if filt is not None:
+                if filt.id and not c.id.startswith(filt.id):
+                    continue
+                if filt.pod_sandbox_id and not c.sandbox_id.startswith(filt.pod_sandbox_id):
+                    continue
+                if any(c.config.labels.get(k) != v for k, v in filt.label_selector.items()):
+                    continue
+            found.append(c)
+        return found
 
     # --- reads ---------------------------------------------------------------------------
 

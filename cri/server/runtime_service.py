@@ -23,6 +23,7 @@ from cri.runtime.container_store import State as CState
 from cri.runtime.containers import Containers
 from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox, State
+from cri.runtime.stats import Usage
 
 # items per message of the Stream* list calls
 STREAM_CHUNK = 200
@@ -162,6 +163,15 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         # the config schema admits only cgroupfs until a systemd driver exists
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CGROUPFS))
 
+    async def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: Any
+    ) -> pb.UpdateRuntimeConfigResponse:
+        # kubelet sends the node's pod CIDR(s), comma separated for dual stack
+        cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            self.pods.cni.update_pod_cidrs([c.strip() for c in cidr.split(",") if c.strip()])
+        return pb.UpdateRuntimeConfigResponse()
+
     # --- pod sandboxes -------------------------------------------------------------
 
     async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
@@ -273,11 +283,56 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
         await self.containers.reopen_log(_need(request.container_id, "ReopenContainerLog"))
         return pb.ReopenContainerLogResponse()
 
+    async def ContainerStats(self, request: pb.ContainerStatsRequest, context: Any) -> pb.ContainerStatsResponse:
+        c = self.containers.get(_need(request.container_id, "ContainerStats"))
+        ((_, usage, cores),) = await self.containers.stats([c])
+        return pb.ContainerStatsResponse(stats=container_stats(c, usage, cores, self._layers_dir()))
+
+    async def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: Any
+    ) -> pb.ListContainerStatsResponse:
+        found = self.containers.stats_filter(request.filter if request.HasField("filter") else None)
+        samples = await self.containers.stats(found)
+        mountpoint = self._layers_dir()
+        return pb.ListContainerStatsResponse(stats=[container_stats(c, u, n, mountpoint) for c, u, n in samples])
+
+    def _layers_dir(self) -> str:
+        return os.path.join(self.config.root_dir, "containers")
+
     async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:
         result = await self.containers.exec_sync(
             _need(request.container_id, "ExecSync"), list(request.cmd), int(request.timeout)
         )
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+
+def _u64(value: int | None) -> pb.UInt64Value | None:
+    return pb.UInt64Value(value=value) if value is not None else None
+
+
+def container_stats(c: Container, usage: Usage, nano_cores: int | None, mountpoint: str) -> pb.ContainerStats:
+    ts = usage.timestamp
+    return pb.ContainerStats(
+        attributes=pb.ContainerAttributes(
+            id=c.id, metadata=c.config.metadata, labels=c.config.labels, annotations=c.config.annotations
+        ),
+        cpu=pb.CpuUsage(timestamp=ts, usage_core_nano_seconds=_u64(usage.cpu_ns), usage_nano_cores=_u64(nano_cores)),
+        memory=pb.MemoryUsage(
+            timestamp=ts,
+            working_set_bytes=_u64(usage.working_set),
+            available_bytes=_u64(usage.available),
+            usage_bytes=_u64(usage.memory_usage),
+            rss_bytes=_u64(usage.rss),
+            page_faults=_u64(usage.page_faults),
+            major_page_faults=_u64(usage.major_page_faults),
+        ),
+        writable_layer=pb.FilesystemUsage(
+            timestamp=ts,
+            fs_id=pb.FilesystemIdentifier(mountpoint=mountpoint),
+            used_bytes=pb.UInt64Value(value=usage.writable_bytes),
+            inodes_used=pb.UInt64Value(value=usage.writable_inodes),
+        ),
+    )
 
 
 def _load_json(path: str) -> object:

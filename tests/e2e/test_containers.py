@@ -533,3 +533,24 @@ def test_create_retry_after_deadline_gets_the_same_container(
     finally:
         d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
         d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_container_stats(pod: Pod) -> None:
+    cid = pod.run("stats", ["sh", "-c", "head -c 20000000 /dev/zero > /big; while true; do :; done"], labels={"s": "1"})
+    time.sleep(1.0)
+    first = pod.d.client.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid)).stats
+    time.sleep(0.5)
+    listed = pod.d.client.runtime.ListContainerStats(
+        pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(label_selector={"s": "1"}))
+    ).stats
+    assert [s.attributes.id for s in listed] == [cid]
+    second = listed[0]
+    assert first.attributes.metadata.name == "stats" and first.cpu.timestamp > 0 and first.memory.timestamp > 0
+    assert second.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value > 0
+    assert second.cpu.usage_nano_cores.value > 3 * 10**8  # a busy loop: most of a core
+    assert second.memory.working_set_bytes.value > 0
+    assert second.writable_layer.used_bytes.value >= 20_000_000 and second.writable_layer.inodes_used.value >= 1
+    none = pod.d.client.runtime.ListContainerStats(
+        pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(label_selector={"s": "2"}))
+    ).stats
+    assert list(none) == []

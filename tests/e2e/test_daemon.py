@@ -57,6 +57,15 @@ def test_status_verbose_shows_effective_config(crid: CridProcess) -> None:
     assert cfg["runtime"]["handlers"]["runc"]["binary"] == "/usr/sbin/runc"
 
 
+def test_update_runtime_config(crid: CridProcess) -> None:
+    cfg = pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.244.1.0/24"))
+    crid.client.runtime.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest(runtime_config=cfg))
+    bad = pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="not-a-cidr"))
+    with pytest.raises(grpc.RpcError) as err:
+        crid.client.runtime.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest(runtime_config=bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_runtime_config(crid: CridProcess) -> None:
     resp = crid.client.runtime.RuntimeConfig(pb.RuntimeConfigRequest())
     assert resp.linux.cgroup_driver == pb.CGROUPFS
@@ -67,7 +76,7 @@ def test_runtime_config(crid: CridProcess) -> None:
     [
         ("runtime", "Attach", pb.AttachRequest()),
         ("runtime", "Exec", pb.ExecRequest()),
-        ("runtime", "ContainerStats", pb.ContainerStatsRequest()),
+        ("runtime", "PodSandboxStats", pb.PodSandboxStatsRequest()),
         ("runtime", "PortForward", pb.PortForwardRequest()),
     ],
 )
@@ -178,10 +187,10 @@ def test_metrics_count_version_calls(crid: CridProcess) -> None:
 
 
 def test_metrics_count_error_codes(crid: CridProcess) -> None:
-    labels = {"service": "RuntimeService", "method": "ContainerStats", "code": "UNIMPLEMENTED"}
+    labels = {"service": "RuntimeService", "method": "ContainerStatus", "code": "NOT_FOUND"}
     before = _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels)
     with pytest.raises(grpc.RpcError):
-        crid.client.runtime.ContainerStats(pb.ContainerStatsRequest(container_id="x"))
+        crid.client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id="nonexistent"))
     assert _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels) == before + 1
 
 
