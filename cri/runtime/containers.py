@@ -27,6 +27,7 @@ from cri.log import fields
 from cri.runtime import monitor, podfiles
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.exits import ExitWatcher
+from cri.runtime.handlers import Handlers
 from cri.runtime.pods import Pods, pod_hostname
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
@@ -74,8 +75,9 @@ def _alive(pid: int) -> bool:
 
 
 class Containers:
-    def __init__(self, config: Config, store: Store, pods: Pods, images: Images) -> None:
+    def __init__(self, config: Config, store: Store, pods: Pods, images: Images, handlers: Handlers) -> None:
         self.config = config
+        self.handlers = handlers
         self.pods = pods
         self.images = images
         self.store = ContainerStore(store)
@@ -216,6 +218,7 @@ class Containers:
             hostname=pod_hostname(sb.config),
             sandbox_id=sb.id,
             image_name=c.image_name,
+            rro_supported=self.handlers.supports_rro(c.handler),
         )
         spec = await asyncio.to_thread(build_spec, inputs)
         c.stop_signal = stop_signal(image_config, c.config.stop_signal)

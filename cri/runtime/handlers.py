@@ -1,6 +1,9 @@
 """Runtime handlers (RuntimeClass handler -> OCI runtime binary) and whether
 the runtime side of crid can work at all."""
 
+import asyncio
+import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -25,11 +28,59 @@ class RuntimeHandler:
     features: HandlerFeatures
 
 
-def handlers(config: Config) -> list[RuntimeHandler]:
-    return [
-        RuntimeHandler(name, h.binary, config.handler_root(name), HandlerFeatures())
-        for name, h in config.runtime.handlers.items()
-    ]
+log = logging.getLogger(__name__)
+
+# mount_setattr(2), which recursive read-only mounts need, came with Linux 5.12
+_RRO_KERNEL = (5, 12)
+_PROBE_TIMEOUT = 10.0
+
+
+def _kernel_at_least(version: tuple[int, int]) -> bool:
+    try:
+        major, minor = (int(p) for p in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= version
+
+
+async def probe_features(binary: str) -> HandlerFeatures:
+    """Ask ``<runtime> features`` (runc >= 1.1) what it supports; a runtime
+    that cannot say gets nothing claimed for it."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "features", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), _PROBE_TIMEOUT)
+        doc = json.loads(out) if proc.returncode == 0 else {}
+    except (OSError, TimeoutError, ValueError):
+        return HandlerFeatures()
+    options = doc.get("mountOptions") if isinstance(doc, dict) else None
+    rro = isinstance(options, list) and "rro" in options and _kernel_at_least(_RRO_KERNEL)
+    return HandlerFeatures(recursive_read_only_mounts=rro)
+
+
+class Handlers:
+    """The configured handlers and what each supports (probed at startup)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.features = {name: HandlerFeatures() for name in config.runtime.handlers}
+
+    async def probe(self) -> None:
+        names = list(self.config.runtime.handlers)
+        found = await asyncio.gather(*(probe_features(self.config.runtime.handlers[n].binary) for n in names))
+        self.features = dict(zip(names, found, strict=True))
+        log.info("runtime handler features", extra={"crid_fields": {n: vars(f) for n, f in self.features.items()}})
+
+    def all(self) -> list[RuntimeHandler]:
+        return [
+            RuntimeHandler(name, h.binary, self.config.handler_root(name), self.features[name])
+            for name, h in self.config.runtime.handlers.items()
+        ]
+
+    def supports_rro(self, name: str) -> bool:
+        f = self.features.get(name or self.config.runtime.default_handler)
+        return f is not None and f.recursive_read_only_mounts
 
 
 def _usable_dir(path: str) -> bool:

@@ -18,6 +18,7 @@ from cri.config import Config
 from cri.images.manager import Images
 from cri.log import fields
 from cri.runtime.containers import Containers
+from cri.runtime.handlers import Handlers
 from cri.runtime.pods import Pods
 from cri.server.image_service import ImageServicer
 from cri.server.listener import Ownership, StartupError, make_dir
@@ -57,6 +58,7 @@ class Daemon:
         """Finish or undo what a killed daemon left half done; RPCs answer
         UNAVAILABLE until this returns."""
         await asyncio.get_running_loop().run_in_executor(None, images.recover)
+        await containers.handlers.probe()
         await containers.recover()
         await pods.recover()
 
@@ -73,7 +75,7 @@ class Daemon:
         images = Images(cfg, store)
         cni = CniManager(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root_dir, "cni", "results"))
         pods = Pods(cfg, store, cni)
-        containers = Containers(cfg, store, pods, images)
+        containers = Containers(cfg, store, pods, images, Handlers(cfg))
         try:
             return await self._serve(images, pods, containers)
         finally:

@@ -145,7 +145,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             ]
         )
         runtime_handlers = []
-        for h in handlers.handlers(self.config):
+        for h in self.containers.handlers.all():
             features = _handler_features(h)
             runtime_handlers.append(pb.RuntimeHandler(name=h.name, features=features))
             if h.name == self.config.runtime.default_handler:

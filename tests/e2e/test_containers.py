@@ -554,3 +554,23 @@ def test_container_stats(pod: Pod) -> None:
         pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(label_selector={"s": "2"}))
     ).stats
     assert list(none) == []
+
+
+def test_recursive_read_only_mount(pod: Pod, tmp_path: Path) -> None:
+    src = tmp_path / "rro"
+    (src / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(src / "sub")], check=True)
+    try:
+        rro = pb.Mount(container_path="/data", host_path=str(src), readonly=True, recursive_read_only=True)
+        _, out = pod.output("rro", ["sh", "-c", "touch /data/sub/x || echo sub-refused"], mounts=[rro])
+        assert "sub-refused" in out
+        plain = pb.Mount(container_path="/data", host_path=str(src), readonly=True)
+        _, out = pod.output("ro", ["sh", "-c", "touch /data/sub/x && echo sub-written"], mounts=[plain])
+        assert "sub-written" in out  # a plain read-only bind leaves submounts writable: the difference rro makes
+        with pytest.raises(grpc.RpcError) as err:
+            pod.create(
+                "rrorw", ["true"], mounts=[pb.Mount(container_path="/d", host_path=str(src), recursive_read_only=True)]
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        subprocess.run(["umount", str(src / "sub")], check=True)

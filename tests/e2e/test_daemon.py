@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -42,9 +43,15 @@ def test_status(crid: CridProcess) -> None:
     assert dict(resp.info) == {}
     handlers = {h.name: h for h in resp.runtime_handlers}
     assert set(handlers) == {"runc", "crun", ""}
-    for h in handlers.values():  # nothing claimed that crid does not do yet
-        assert not h.features.recursive_read_only_mounts
+    for h in handlers.values():  # nothing claimed that crid does not do
         assert not h.features.user_namespaces
+    # recursive read-only mounts: only where the runtime says it can (runc >= 1.1) and the kernel has mount_setattr
+    runc = subprocess.run(["/usr/sbin/runc", "features"], capture_output=True, text=True)
+    kernel = tuple(int(p) for p in os.uname().release.split(".")[:2])
+    expected = runc.returncode == 0 and '"rro"' in runc.stdout and kernel >= (5, 12)
+    assert handlers["runc"].features.recursive_read_only_mounts == expected
+    assert handlers[""].features.recursive_read_only_mounts == expected
+    assert not handlers["crun"].features.recursive_read_only_mounts  # Debian's crun 1.8 cannot say
 
 
 def test_status_verbose_shows_effective_config(crid: CridProcess) -> None:
