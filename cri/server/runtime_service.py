@@ -156,7 +156,8 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             status=status,
             info=info,
             runtime_handlers=runtime_handlers,
-            features=pb.RuntimeFeatures(supplemental_groups_policy=False),
+            # Merge and Strict are applied by the spec builder (cri/runtime/users.py)
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Any) -> pb.RuntimeConfigResponse:
