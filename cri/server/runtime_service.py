@@ -7,8 +7,8 @@ raises NotImplementedError; cri.server.rpc answers those UNIMPLEMENTED.
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any, Generic, TypeVar
 
 import cri
 from cri import config as configmod
@@ -24,6 +24,9 @@ from cri.runtime.containers import Containers
 from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox, State
 from cri.runtime.stats import Usage
+
+K = TypeVar("K")
+M = TypeVar("M")
 
 # items per message of the Stream* list calls
 STREAM_CHUNK = 200
@@ -123,11 +126,43 @@ def container_status(c: Container) -> pb.ContainerStatus:
     )
 
 
+class _Listing(Generic[K, M]):
+    """List messages kept per object until its state changes: List calls are
+    kubelet's most frequent, and building protobuf messages in Python is most
+    of their cost."""
+
+    def __init__(self, build: Callable[[Any], M]) -> None:
+        self.build = build
+        self._cache: dict[str, tuple[K, M]] = {}
+
+    def get(self, obj: Any, version: K) -> M:
+        hit = self._cache.get(obj.id)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        msg = self.build(obj)
+        self._cache[obj.id] = (version, msg)
+        return msg
+
+    def prune(self, live: Collection[str]) -> None:
+        if len(self._cache) > 2 * len(live) + 16:
+            self._cache = {k: v for k, v in self._cache.items() if k in live}
+
+
 class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, config: Config, pods: Pods, containers: Containers) -> None:
         self.config = config
         self.pods = pods
         self.containers = containers
+        self._pod_listing: _Listing[str, pb.PodSandbox] = _Listing(sandbox_message)
+        self._container_listing: _Listing[str, pb.Container] = _Listing(container_message)
+
+    def _pods_listed(self, found: list[Sandbox]) -> list[pb.PodSandbox]:
+        self._pod_listing.prune(self.pods.store.by_id)
+        return [self._pod_listing.get(sb, sb.state.value) for sb in found]
+
+    def _containers_listed(self, found: list[Container]) -> list[pb.Container]:
+        self._container_listing.prune(self.containers.store.by_id)
+        return [self._container_listing.get(c, c.state.value) for c in found]
 
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -215,16 +250,14 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> pb.ListPodSandboxResponse:
         found = self.pods.list(request.filter if request.HasField("filter") else None)
-        return pb.ListPodSandboxResponse(items=[sandbox_message(sb) for sb in found])
+        return pb.ListPodSandboxResponse(items=self._pods_listed(found))
 
     async def StreamPodSandboxes(
         self, request: pb.StreamPodSandboxesRequest, context: Any
     ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
         found = self.pods.list(request.filter if request.HasField("filter") else None)
         for i in range(0, len(found), STREAM_CHUNK):
-            yield pb.StreamPodSandboxesResponse(
-                pod_sandboxes=[sandbox_message(sb) for sb in found[i : i + STREAM_CHUNK]]
-            )
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=self._pods_listed(found[i : i + STREAM_CHUNK]))
 
     # --- containers ------------------------------------------------------------------
 
@@ -250,14 +283,14 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
 
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
         found = self.containers.list(request.filter if request.HasField("filter") else None)
-        return pb.ListContainersResponse(containers=[container_message(c) for c in found])
+        return pb.ListContainersResponse(containers=self._containers_listed(found))
 
     async def StreamContainers(
         self, request: pb.StreamContainersRequest, context: Any
     ) -> AsyncIterator[pb.StreamContainersResponse]:
         found = self.containers.list(request.filter if request.HasField("filter") else None)
         for i in range(0, len(found), STREAM_CHUNK):
-            yield pb.StreamContainersResponse(containers=[container_message(c) for c in found[i : i + STREAM_CHUNK]])
+            yield pb.StreamContainersResponse(containers=self._containers_listed(found[i : i + STREAM_CHUNK]))
 
     async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Any) -> pb.ContainerStatusResponse:
         c = self.containers.get(_need(request.container_id, "ContainerStatus"))
