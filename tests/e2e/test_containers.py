@@ -568,3 +568,22 @@ def test_recursive_read_only_mount(pod: Pod, tmp_path: Path) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         subprocess.run(["umount", str(src / "sub")], check=True)
+
+
+def test_image_removed_while_a_container_uses_it(env: tuple[CridProcess, str, Network], daemons: Any) -> None:
+    _, image, network = env
+    d = daemons.start("gc", **network.settings())
+    d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    pod = Pod(d, image, "gcpod")
+    try:
+        cid = pod.run("user", ["sleep", "600"])
+        snapshots = Path(d.root) / "snapshots"
+        layers = sorted(p.name for p in snapshots.iterdir())
+        d.client.image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image)))
+        assert not d.client.image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=image))).HasField("image")
+        assert sorted(p.name for p in snapshots.iterdir()) == layers  # still the container's rootfs
+        assert pod.exec(cid, ["cat", "/etc/passwd"]).exit_code == 0
+        d.client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        assert list(snapshots.iterdir()) == []  # collected with the last container that used them
+    finally:
+        pod.remove()
