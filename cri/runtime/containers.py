@@ -447,32 +447,21 @@ class Containers:
             out.append((c, usage, nano_cores))
         return out
 
-    def stats_filter(self, filt: pb.ContainerStatsFilter | None) -> list[Container]:
-        found = []
-        for c in self.store.by_id.values():
-            if c.state == State.CREATING:
-                continue
-            if filt is not None:
-                if filt.id and not c.id.startswith(filt.id):
-                    continue
-                if filt.pod_sandbox_id and not c.sandbox_id.startswith(filt.pod_sandbox_id):
-                    continue
-                if any(c.config.labels.get(k) != v for k, v in filt.label_selector.items()):
-                    continue
-            found.append(c)
-        return found
-
     # --- reads ---------------------------------------------------------------------------
 
     def get(self, cid: str) -> Container:
         return self.store.get(cid)
 
-    def list(self, filt: pb.ContainerFilter | None) -> list[Container]:
+    def list(self, filt: pb.ContainerFilter | pb.ContainerStatsFilter | None) -> list[Container]:
+        """Containers matching a ListContainers or ListContainerStats filter (ids by prefix)."""
         states = {
             pb.CONTAINER_CREATED: State.CREATED,
             pb.CONTAINER_RUNNING: State.RUNNING,
             pb.CONTAINER_EXITED: State.EXITED,
         }
+        want_state = None
+        if isinstance(filt, pb.ContainerFilter) and filt.HasField("state"):
+            want_state = states.get(filt.state.state)
         out = []
         for c in self.store.by_id.values():
             if c.state == State.CREATING:
@@ -482,7 +471,7 @@ class Containers:
                     continue
                 if filt.pod_sandbox_id and not c.sandbox_id.startswith(filt.pod_sandbox_id):
                     continue
-                if filt.HasField("state") and states.get(filt.state.state) != c.state:
+                if isinstance(filt, pb.ContainerFilter) and filt.HasField("state") and want_state != c.state:
                     continue
                 if any(c.config.labels.get(k) != v for k, v in filt.label_selector.items()):
                     continue

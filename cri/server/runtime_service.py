@@ -325,7 +325,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
     async def ListContainerStats(
         self, request: pb.ListContainerStatsRequest, context: Any
     ) -> pb.ListContainerStatsResponse:
-        found = self.containers.stats_filter(request.filter if request.HasField("filter") else None)
+        found = self.containers.list(request.filter if request.HasField("filter") else None)
         samples = await self.containers.stats(found)
         mountpoint = self._layers_dir()
         return pb.ListContainerStatsResponse(stats=[container_stats(c, u, n, mountpoint) for c, u, n in samples])
