@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,12 @@ def _failure(label: str, returncode: int, stdout: bytes, stderr: bytes) -> CridE
     return PluginFailed(f"{label} failed (exit status {returncode}): {output}")
 
 
+# A plugin dies with crid (util-linux's setpriv sets PR_SET_PDEATHSIG, kept across exec): an ADD
+# orphaned by a killed daemon must not race the DEL that recovery runs for the half-made pod.
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_CRID = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+
+
 async def run_plugin(binary: str, plugin: str, inv: Invocation, stdin: bytes, time_limit: float) -> Any:
     """Run one plugin and return its parsed stdout (None when it printed nothing).
 
@@ -107,6 +114,7 @@ async def run_plugin(binary: str, plugin: str, inv: Invocation, stdin: bytes, ti
     label = f"CNI plugin {plugin} ({inv.command})"
     try:
         proc = await asyncio.create_subprocess_exec(
+            *_DIE_WITH_CRID,
             binary,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

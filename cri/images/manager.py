@@ -8,6 +8,7 @@ recorded. Blob downloads and unpacks are shared between concurrent pulls.
 """
 
 import asyncio
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -146,6 +147,8 @@ class Images:
         self._unpacks: SharedTasks[None] = SharedTasks()
         self._listeners: dict[str, set[Progress]] = {}
         self._pinned: list[set[str]] = []  # blobs and chain ids that in-flight pulls hold
+        self._idle = asyncio.Event()  # set while no pull is in flight
+        self._idle.set()
         # chain ids in use by containers; the containers layer installs this
         self.snapshots_in_use: Callable[[], set[str]] = set
 
@@ -162,6 +165,11 @@ class Images:
         for snap in list(self.meta.snapshots.values()):
             if not self.snapshots.exists(snap.num):
                 self.meta.remove_snapshot(snap.chain_id)
+
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: wait (bounded) for cancelled pulls to clean up after themselves."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), seconds)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -191,6 +199,7 @@ class Images:
         progress = Progress()
         pinned: set[str] = set()
         self._pinned.append(pinned)
+        self._idle.clear()
         PULLS_IN_FLIGHT.inc()
         job = asyncio.ensure_future(self._pull(ref, credentials, progress, pinned))
         timeout = self.config.images.pull_progress_timeout_seconds
@@ -220,6 +229,8 @@ class Images:
                 await self.gc()
             if not self._pinned:  # the last pull is done: give its buffers' memory back to the system
                 await asyncio.to_thread(_LIBC.malloc_trim, 0)
+                if not self._pinned:
+                    self._idle.set()
             log.info(
                 "pull finished",
                 extra=fields(ref=str(ref), outcome=outcome, seconds=round(time.monotonic() - started, 3)),

@@ -46,11 +46,12 @@ class Container:
     groups: list[int] = field(default_factory=list)
     resources: bytes = b""  # LinuxContainerResources as last applied
     cgroups_path: str = ""
+    pid_start: int = 0  # the container process's start time: tells it from a reused pid
 
     _DATA = (
         "handler", "image_id", "image_name", "image_ref", "chain_ids", "log_path", "stop_signal", "pid",
         "started_at", "finished_at", "exit_code", "reason", "message", "rootfs_mounted", "uid", "gid", "groups",
-        "cgroups_path",
+        "cgroups_path", "pid_start",
     )  # fmt: skip
 
     @property

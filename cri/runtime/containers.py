@@ -24,11 +24,11 @@ from cri.config import Config
 from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import monitor, podfiles
+from cri.runtime import monitor, podfiles, procs
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.exits import ExitWatcher
 from cri.runtime.handlers import Handlers
-from cri.runtime.pods import Pods, pod_hostname
+from cri.runtime.pods import Pods, drain_tasks, pod_hostname
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
@@ -58,22 +58,6 @@ def _own_oom_score_adj() -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class Containers:
     def __init__(self, config: Config, store: Store, pods: Pods, images: Images, handlers: Handlers) -> None:
         self.config = config
@@ -81,7 +65,7 @@ class Containers:
         self.pods = pods
         self.images = images
         self.store = ContainerStore(store)
-        self.exits = ExitWatcher(os.path.join(config.state_dir, "exits"), self._on_exit)
+        self.exits = ExitWatcher(os.path.join(config.state_dir, "exits"), self._on_exit, self._rescan_exits)
         self._exited: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -167,8 +151,14 @@ class Containers:
                 self.store.save(c)
         except BaseException as exc:
             log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
-            with contextlib.suppress(Exception):
+            try:
                 await self._cleanup(c)
+            except Exception as undo:  # keep the record so RemoveContainer can finish the job
+                log.warning("container undo incomplete; kept for removal", extra=fields(id=c.id, error=str(undo)))
+                self._record_exit(c, 255, time.time_ns(), f"create failed: {exc}")
+                c.reason = "CreateFailed"
+                self.store.save(c)
+                raise
             self.store.delete(c)
             raise
         log.info("container created", extra=fields(id=c.id, name=c.name, seconds=round(time.monotonic() - started, 4)))
@@ -194,10 +184,14 @@ class Containers:
         pid_ns = ""
         cpid = c.config.linux.security_context.namespace_options
         if cpid.pid == pb.POD and sb.infra_pid > 0:
+            if not procs.same_process(sb.infra_pid, sb.infra_start):
+                raise FailedPrecondition(
+                    f"the infra process of pod {sb.id} is gone: its PID namespace cannot be joined"
+                )
             pid_ns = f"/proc/{sb.infra_pid}/ns/pid"
         elif cpid.pid == pb.TARGET:
             target = self.store.find(cpid.target_id)
-            if target is None or not _alive(target.pid):
+            if target is None or not procs.same_process(target.pid, target.pid_start):
                 raise NotFound(f"target container {cpid.target_id!r} for the PID namespace is not running")
             pid_ns = f"/proc/{target.pid}/ns/pid"
         cg = sb.config.linux.cgroup_parent.rstrip("/")
@@ -242,11 +236,15 @@ class Containers:
                 stdin_once=c.config.stdin_once,
             ),
         )
+        c.pid_start = procs.start_time(c.pid)
 
     # --- start, exit --------------------------------------------------------------------
 
     async def start(self, cid: str) -> None:
         c = self.store.get(cid)
+        sb = self.pods.store.find(c.sandbox_id)
+        if sb is None or sb.state != PodState.READY:
+            raise FailedPrecondition(f"the pod sandbox of container {c.id} is not ready")
         async with self._lock(c.id):
             if c.state != State.CREATED:
                 raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
@@ -268,16 +266,22 @@ class Containers:
         code, when = found
         self._record_exit(c, code, when)
 
+    def _rescan_exits(self) -> None:
+        log.warning("exit events were lost (inotify queue overflow); checking every container")
+        for cid in list(self.store.by_id):
+            self._on_exit(cid)
+
     def _oom_killed(self, c: Container) -> bool:
         candidates = (os.path.join(self.persist(c.id), "monitor", "oom"), os.path.join(self.bundle(c.id), "oom"))
         return any(os.path.exists(p) for p in candidates)
 
-    def _record_exit(self, c: Container, code: int, when: int) -> None:
+    def _record_exit(self, c: Container, code: int, when: int, message: str = "") -> None:
         c.state = State.EXITED
+        c.message = message
         c.exit_code = code
         c.finished_at = max(when, c.started_at)
         if self._oom_killed(c):
-            c.reason, c.exit_code = "OOMKilled", 137
+            c.reason = "OOMKilled"  # the exit code stays the process's own, as containerd reports it
         else:
             c.reason = "Completed" if code == 0 else "Error"
         self.store.save(c)
@@ -301,23 +305,30 @@ class Containers:
         if c is None or c.state in (State.CREATING, State.EXITED):
             return
         runtime = self.pods.runtime(c.handler)
-        if timeout > 0:
-            with contextlib.suppress(NotFound, FailedPrecondition):
-                await runtime.kill(c.id, str(signal_number(c.stop_signal)))  # runc knows no RT signal names
-            if await self._wait_exit(c, timeout):
-                return
-        with contextlib.suppress(NotFound, FailedPrecondition):
-            await runtime.kill(c.id, "KILL")
+        try:
+            if timeout > 0:
+                with contextlib.suppress(FailedPrecondition):
+                    await runtime.kill(c.id, str(signal_number(c.stop_signal)))  # runc knows no RT signal names
+                if await self._wait_exit(c, timeout):
+                    return
+            with contextlib.suppress(FailedPrecondition):
+                await runtime.kill(c.id, "KILL")
+        except NotFound:
+            # the runtime does not know it (its state is gone, e.g. after a reboot): nothing left to stop
+            self._on_exit(c.id)
+            if not _exited(c):
+                self._record_exit(c, 255, time.time_ns(), "the OCI runtime no longer knows this container")
+            return
         if await self._wait_exit(c, KILL_WAIT):
             return
-        # the runtime did not deliver: kill the process ourselves, then stop waiting
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(c.pid, signal.SIGKILL)
-        if not await self._wait_exit(c, KILL_WAIT):
-            log.error("container did not exit after SIGKILL; marking it exited", extra=fields(id=c.id))
-            self._record_exit(c, 137, time.time_ns())
-            c.message = "the container did not report an exit after SIGKILL"
-            self.store.save(c)
+        # the runtime did not deliver: kill the process ourselves if it is still the one we started
+        if procs.same_process(c.pid, c.pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.pid, signal.SIGKILL)
+            if await self._wait_exit(c, KILL_WAIT):
+                return
+        log.error("container did not report an exit after SIGKILL; marking it exited", extra=fields(id=c.id))
+        self._record_exit(c, 137, time.time_ns(), "the container did not report an exit after SIGKILL")
 
     async def _cleanup(self, c: Container) -> None:
         """Undo everything of a container on the system (not its record)."""
@@ -325,7 +336,7 @@ class Containers:
         with contextlib.suppress(NotFound, FailedPrecondition):
             await runtime.delete(c.id)
         conmon = monitor.conmon_pid(self.bundle(c.id))
-        if conmon and _alive(conmon):
+        if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(conmon, signal.SIGKILL)
         if c.rootfs_mounted:
@@ -357,10 +368,19 @@ class Containers:
         await self.images.gc()  # its layers may belong to an image removed meanwhile
         log.info("container removed", extra=fields(id=c.id, name=c.name))
 
+    async def _settle_creates(self, sb: Sandbox) -> None:
+        """Let CreateContainer calls in flight for this pod finish first (a pod
+        must not lose its namespaces under a container being created)."""
+        pending = [self._tasks[c.name] for c in self.store.of_sandbox(sb.id) if c.name in self._tasks]
+        if pending:
+            await asyncio.wait(pending)
+
     async def _stop_all(self, sb: Sandbox) -> None:
+        await self._settle_creates(sb)
         await asyncio.gather(*(self.stop(c.id, 0) for c in self.store.of_sandbox(sb.id)))
 
     async def _remove_all(self, sb: Sandbox) -> None:
+        await self._settle_creates(sb)
         await asyncio.gather(*(self.remove(c.id) for c in self.store.of_sandbox(sb.id)))
 
     # --- exec, logs, resources -------------------------------------------------------------
@@ -480,23 +500,44 @@ class Containers:
 
     # --- recovery ---------------------------------------------------------------------------
 
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: let CreateContainer work in flight finish (or undo itself)."""
+        await drain_tasks(list(self._tasks.values()), seconds)
+
     async def recover(self) -> None:
         """After a restart: exits that happened meanwhile, half-made containers."""
         self.exits.start()
         for c in list(self.store.by_id.values()):
             if c.state == State.CREATING:
-                with contextlib.suppress(Exception):
+                try:
                     await self._cleanup(c)
+                except Exception as exc:
+                    log.warning(
+                        "half-made container not cleaned up; kept for removal", extra=fields(id=c.id, error=str(exc))
+                    )
+                    self._record_exit(c, 255, time.time_ns(), "crid stopped while creating it")
+                    continue
                 self.store.delete(c)
             elif c.state in (State.CREATED, State.RUNNING):
-                found = self.exits.exit_code(c.id)
-                if found is not None:
-                    self._record_exit(c, *found)
-                elif not _alive(c.pid):
-                    # no exit file and no process: the monitor died with it (e.g. a reboot)
-                    self._record_exit(c, 255, time.time_ns())
-                    c.reason, c.message = "Unknown", "the container's process and monitor are gone"
-                    self.store.save(c)
+                await self._reconcile(c)
+
+    async def _reconcile(self, c: Container) -> None:
+        """Bring a created/running record in line with what is really there."""
+        found = self.exits.exit_code(c.id)
+        if found is not None:
+            self._record_exit(c, *found)
+            return
+        state = await self.pods.runtime(c.handler).state(c.id)
+        status = state.get("status") if state else None
+        if status in ("running", "created") and procs.same_process(c.pid, c.pid_start):
+            if status == "running" and c.state == State.CREATED:  # crid died right after `runtime start`
+                c.state, c.started_at = State.RUNNING, c.started_at or time.time_ns()
+                self.store.save(c)
+            return
+        # no exit file and no such process: the monitor went with it (a reboot, or it was killed)
+        self._record_exit(c, 255, time.time_ns())
+        c.reason, c.message = "Unknown", "the container's process and monitor are gone"
+        self.store.save(c)
 
 
 def _wait_for_file(path: str, seconds: float) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
+IN_Q_OVERFLOW = 0x00004000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
@@ -23,9 +24,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class ExitWatcher:
-    def __init__(self, directory: str, on_exit: Callable[[str], None]) -> None:
+    def __init__(self, directory: str, on_exit: Callable[[str], None], on_overflow: Callable[[], None]) -> None:
         self.directory = directory
         self.on_exit = on_exit
+        self.on_overflow = on_overflow  # events were lost: the caller must look at every container
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self._fd < 0:
@@ -48,7 +50,9 @@ class ExitWatcher:
             return
         offset = 0
         while offset + _EVENT.size <= len(data):
-            _, _, _, length = _EVENT.unpack_from(data, offset)
+            _, mask, _, length = _EVENT.unpack_from(data, offset)
+            if mask & IN_Q_OVERFLOW:
+                self.on_overflow()
             name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0").decode()
             offset += _EVENT.size + length
             if name and not name.startswith("."):

@@ -102,3 +102,12 @@ def runtime_condition(config: Config) -> Condition:
         if not _usable_dir(path):
             return Condition(False, "StorageNotUsable", f"crid's {label} directory {path} is not a writable directory")
     return Condition(True)
+
+
+def apparmor_enabled() -> bool:
+    """Whether the kernel has AppArmor on (crid applies no AppArmor profiles either way)."""
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as f:
+            return f.read().strip().upper().startswith("Y")
+    except OSError:
+        return False

@@ -140,3 +140,12 @@ def reopen_log(bundle: str) -> None:
         raise FailedPrecondition(f"the container's monitor is not running: {exc.strerror}") from None
     with contextlib.closing(os.fdopen(fd, "w")) as ctl:
         ctl.write(_REOPEN_LOG)
+
+
+def is_conmon(pid: int) -> bool:
+    """Whether ``pid`` runs conmon (a pid file may outlive its process)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == "conmon"
+    except OSError:
+        return False

@@ -24,7 +24,7 @@ from cri.cni import CniManager, PodNetwork, PortMapping
 from cri.config import Config
 from cri.errors import AlreadyExists, InvalidArgument, NotFound
 from cri.log import fields
-from cri.runtime import cgroups, infra, namespaces, podfiles
+from cri.runtime import cgroups, infra, namespaces, podfiles, procs
 from cri.runtime.oci import OciRuntime
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
 from cri.store import Store
@@ -103,6 +103,17 @@ def validate(config: pb.PodSandboxConfig) -> None:
         if ns not in own:
             raise InvalidArgument(f"sysctl {key!r} needs the pod's own {ns} namespace, but the pod uses the host's")
         namespaces.sysctl_path(key)
+
+
+async def drain_tasks(tasks: "list[asyncio.Task[str]]", seconds: float) -> None:
+    """Wait for work in flight; cancel what is still running after ``seconds`` and wait for its undo."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending)
 
 
 class _Steps:
@@ -217,15 +228,25 @@ class Pods:
                 self.store.save(sb)
         except BaseException as exc:
             log.info("pod sandbox failed, undoing", extra=fields(id=sb.id, name=sb.name, error=str(exc)))
-            with contextlib.suppress(Exception):
-                await self._release(sb, final=True)
-            self.store.delete(sb)
+            await self._undo(sb)
             raise
         log.info(
             "pod sandbox ready",
             extra=fields(id=sb.id, name=sb.name, ips=sb.ips, seconds=round(time.monotonic() - started, 4)),
         )
         return sb.id
+
+    async def _undo(self, sb: Sandbox) -> None:
+        """Undo a pod that could not be made. If that fails too, the record stays
+        (not ready) so that RemovePodSandbox, or the next start, can finish it."""
+        try:
+            await self._release(sb, final=True)
+        except Exception as exc:
+            log.warning("pod sandbox undo incomplete; kept for removal", extra=fields(id=sb.id, error=str(exc)))
+            sb.state = State.NOTREADY
+            self.store.save(sb)
+            return
+        self.store.delete(sb)
 
     async def _setup(self, sb: Sandbox, config: pb.PodSandboxConfig, opts: pb.NamespaceOption) -> None:
         files, state = self.files_dir(sb), self.state_dir(sb)
@@ -278,9 +299,8 @@ class Pods:
         sb.infra_pid = -1  # marks "infra may exist" for recovery
         self.store.save(sb)
         bundle = os.path.join(self.state_dir(sb), "infra")
-        sb.infra_pid = await infra.start(
-            runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path
-        )
+        pid = await infra.start(runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path)
+        sb.infra_pid, sb.infra_start = pid, procs.start_time(pid)
         self.store.save(sb)
 
     def _pod_network(self, sb: Sandbox) -> PodNetwork:
@@ -403,18 +423,26 @@ class Pods:
 
     # --- recovery ------------------------------------------------------------------------
 
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: let RunPodSandbox work in flight finish (or undo itself)
+        before the store closes."""
+        await drain_tasks(list(self._tasks.values()), seconds)
+
     async def recover(self) -> None:
         """After a restart: undo half-made pods; pods whose namespaces vanished
         (a reboot wiped the state dir) are no longer ready."""
         for sb in list(self.store.by_id.values()):
             if sb.state == State.CREATING:
                 log.info("cleaning up a pod sandbox a killed daemon left half made", extra=fields(id=sb.id))
-                with contextlib.suppress(Exception):
-                    await self._release(sb, final=True)
-                self.store.delete(sb)
+                await self._undo(sb)
             elif sb.state == State.READY and not all(namespaces.is_pinned(p) for p in sb.namespaces.values()):
                 log.info("pod sandbox lost its namespaces; marking it not ready", extra=fields(id=sb.id))
                 with contextlib.suppress(Exception):
                     await self._stop_pod(sb)
                 sb.state = State.NOTREADY
                 self.store.save(sb)
+        # networks cached for pods crid has no record of (a record lost with a failed undo): release them
+        for pod_id in set(await self.cni.cached_pods()) - set(self.store.by_id):
+            log.info("releasing the network of a pod crid no longer knows", extra=fields(id=pod_id))
+            with contextlib.suppress(Exception):
+                await self.cni.teardown(pod_id, None)

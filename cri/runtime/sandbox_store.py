@@ -35,6 +35,7 @@ class Sandbox:
     namespaces: dict[str, str] = field(default_factory=dict)  # kind -> pinned file
     ips: list[str] = field(default_factory=list)
     infra_pid: int = 0
+    infra_start: int = 0  # the infra process's start time: tells it from a reused pid
     cgroups: list[str] = field(default_factory=list)  # directories crid created
     network_added: bool = False
     shm: str = ""
@@ -55,6 +56,7 @@ class Sandbox:
             "namespaces": self.namespaces,
             "ips": self.ips,
             "infra_pid": self.infra_pid,
+            "infra_start": self.infra_start,
             "cgroups": self.cgroups,
             "network_added": self.network_added,
             "shm": self.shm,
@@ -77,6 +79,7 @@ def _load(r: sqlite3.Row, data: dict[str, Any]) -> Sandbox:
         namespaces=data.get("namespaces", {}),
         ips=data.get("ips", []),
         infra_pid=data.get("infra_pid", 0),
+        infra_start=data.get("infra_start", 0),
         cgroups=data.get("cgroups", []),
         network_added=data.get("network_added", False),
         shm=data.get("shm", ""),

@@ -125,6 +125,9 @@ class Daemon:
 
         await self._stop.wait()
         await server.stop(cfg.grpc.shutdown_grace_seconds)
+        # work that outlives its RPC (shielded creates, pull cleanup) ends before the store closes
+        grace = cfg.grpc.shutdown_grace_seconds
+        await asyncio.gather(pods.drain(grace), containers.drain(grace), images.drain(grace))
         if self._metrics is not None:
             self._metrics.stop()
         log.info("crid stopped")

@@ -186,7 +186,13 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             if h.name == self.config.runtime.default_handler:
                 # kubelet looks up pods without a RuntimeClass under the empty name
                 runtime_handlers.append(pb.RuntimeHandler(name="", features=features))
-        info = {"config": configmod.as_json(self.config)} if request.verbose else {}
+        info = {}
+        if request.verbose:
+            info["config"] = configmod.as_json(self.config)
+            # AppArmor: requests for a profile are refused (InvalidArgument); unconfined works
+            info["apparmor"] = json.dumps(
+                {"supported": False, "kernelEnabled": handlers.apparmor_enabled(), "profiles": "unconfined only"}
+            )
         return pb.StatusResponse(
             status=status,
             info=info,

@@ -63,6 +63,10 @@ def test_status_verbose_shows_effective_config(crid: CridProcess) -> None:
     assert cfg["grpc"]["socket"] == crid.socket
     assert cfg["root_dir"] == crid.root
     assert cfg["runtime"]["handlers"]["runc"]["binary"] == "/usr/sbin/runc"
+    apparmor = json.loads(resp.info["apparmor"])
+    assert apparmor["supported"] is False and apparmor["kernelEnabled"] == os.path.exists(
+        "/sys/kernel/security/apparmor"
+    )
 
 
 def test_update_runtime_config(crid: CridProcess) -> None:
