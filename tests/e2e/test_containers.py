@@ -587,3 +587,65 @@ def test_image_removed_while_a_container_uses_it(env: tuple[CridProcess, str, Ne
         assert list(snapshots.iterdir()) == []  # collected with the last container that used them
     finally:
         pod.remove()
+
+
+def _set_row(d: CridProcess, cid: str, **changes: Any) -> None:
+    """Edit a container's stored record while crid is down (to stage a crash)."""
+    import sqlite3
+
+    db = sqlite3.connect(Path(d.root) / "metadata.db")
+    state, data = db.execute("SELECT state, data FROM containers WHERE id = ?", (cid,)).fetchone()
+    doc = json.loads(data)
+    state = changes.pop("state", state)
+    doc.update(changes)
+    db.execute("UPDATE containers SET state = ?, data = ? WHERE id = ?", (state, json.dumps(doc), cid))
+    db.commit()
+    db.close()
+
+
+def test_crash_between_start_and_its_record(env: tuple[CridProcess, str, Network], daemons: Any) -> None:
+    _, image, network = env
+    d = daemons.start("crash", **network.settings())
+    d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    pod = Pod(d, image, "crashpod")
+    try:
+        cid = pod.run("c", ["sleep", "600"])
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        _set_row(d, cid, state="created", started_at=0)  # as if crid died right after `runc start`
+        d.start()
+        st = pod.status(cid)
+        assert st.state == pb.CONTAINER_RUNNING and st.started_at > 0
+        assert pod.exec(cid, ["true"]).exit_code == 0
+    finally:
+        pod.remove()
+
+
+def test_recovery_never_trusts_a_reused_pid(env: tuple[CridProcess, str, Network], daemons: Any) -> None:
+    _, image, network = env
+    d = daemons.start("reuse", **network.settings())
+    d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    pod = Pod(d, image, "reusepod")
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        cid = pod.run("c", ["sleep", "600"])
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        # the container, its monitor and the runtime's state vanish (as in a reboot), and the pid is reused
+        runtime_root = str(Path(d.state) / "runtime" / "runc")
+        subprocess.run(["runc", "--root", runtime_root, "delete", "--force", cid], check=True)
+        (Path(d.state) / "exits" / cid).unlink(missing_ok=True)
+        _set_row(d, cid, pid=stranger.pid)
+        d.start()
+        st = pod.status(cid)
+        assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 255, "Unknown")
+        t0 = time.monotonic()
+        d.client.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+        assert time.monotonic() - t0 < 2
+        assert stranger.poll() is None  # the stranger that got the pid is untouched
+    finally:
+        stranger.kill()
+        stranger.wait()
+        pod.remove()

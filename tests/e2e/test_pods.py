@@ -407,3 +407,28 @@ def test_restart_reports_the_same(crid: CridProcess) -> None:
         assert pod_status(crid, i)[0] == statuses[i]
     stop_and_remove(crid, a)
     stop_and_remove(crid, b)
+
+
+def test_sigterm_during_run_finishes_it(crid: CridProcess, network: Network) -> None:
+    """A shutdown lets a RunPodSandbox in flight finish (within the grace) before the store closes."""
+    network.write("slowbridge")
+    network.delay(2)
+
+    def interrupted_run() -> None:
+        with pytest.raises(grpc.RpcError):
+            run_pod(crid, pod_config("midterm"))
+
+    t = threading.Thread(target=interrupted_run)
+    t.start()
+    time.sleep(1.0)  # the slow plugin is running
+    assert crid.stop(signal.SIGTERM) == 0
+    t.join()
+    assert "closed database" not in crid.log_text()
+    network.delay(0)
+    crid.start()
+    pods = crid.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert [(p.metadata.name, p.state) for p in pods] == [("midterm", pb.SANDBOX_READY)]
+    status, _ = pod_status(crid, pods[0].id)
+    assert network.reservations() == [status.network.ip]
+    stop_and_remove(crid, pods[0].id)
+    assert network.reservations() == []
