@@ -280,9 +280,8 @@ class Images:
         layers = self._layers(doc, config, str(ref))
         pinned.update([config_digest, *blobs, *(lay.digest for lay in layers), *(lay.chain_id for lay in layers)])
 
-        self.content.put_bytes(top_digest, top.body)
-        self.content.put_bytes(manifest_digest, manifest_body)
-        self.content.put_bytes(config_digest, config_body)
+        for digest, body in ((top_digest, top.body), (manifest_digest, manifest_body), (config_digest, config_body)):
+            await asyncio.to_thread(self.content.put_bytes, digest, body)  # fsync: off the event loop
         await self._unpack_all(repo, layers, progress)
 
         uid, username = user_of(config)
@@ -520,6 +519,7 @@ class Images:
         for image in self.meta.images.values():
             keep.update(image.blobs)
             keep.update(image.chain_ids)
+        # unlinked right here, not in a thread: a pull starting meanwhile must not find a blob that vanishes
         for digest in list(self.content.digests()):
             if digest not in keep:
                 self.content.delete(digest)

@@ -1,5 +1,6 @@
 """runtime.v1.ImageService: validate, call cri.images, build the reply."""
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -74,7 +75,7 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
         return pb.RemoveImageResponse()
 
     async def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: Any) -> pb.ImageFsInfoResponse:
-        used, inodes = self.images.usage()
+        used, inodes = await asyncio.to_thread(self.images.usage)  # stats every blob
         usage = pb.FilesystemUsage(
             timestamp=time.time_ns(),
             fs_id=pb.FilesystemIdentifier(mountpoint=self.images.snapshots.dir),
