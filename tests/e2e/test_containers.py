@@ -649,3 +649,29 @@ def test_recovery_never_trusts_a_reused_pid(env: tuple[CridProcess, str, Network
         stranger.kill()
         stranger.wait()
         pod.remove()
+
+
+@pytest.mark.parametrize(
+    ("propagation", "visible"),
+    [(pb.PROPAGATION_PRIVATE, False), (pb.PROPAGATION_HOST_TO_CONTAINER, True), (pb.PROPAGATION_BIDIRECTIONAL, True)],
+)
+def test_mount_propagation_from_the_host(pod: Pod, tmp_path: Path, propagation: Any, visible: bool) -> None:
+    src = tmp_path / "prop"
+    src.mkdir()
+    subprocess.run(["mount", "--bind", str(src), str(src)], check=True)
+    subprocess.run(["mount", "--make-rshared", str(src)], check=True)
+    sub = src / "later"
+    sub.mkdir()
+    try:
+        cid = pod.run(
+            "watch",
+            ["sleep", "600"],
+            mounts=[pb.Mount(container_path="/mnt", host_path=str(src), propagation=propagation)],
+        )
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)  # after the container started
+        (sub / "marker").write_text("x")
+        seen = pod.exec(cid, ["ls", "/mnt/later"]).stdout.decode().split()
+        assert ("marker" in seen) == visible
+    finally:
+        subprocess.run(["umount", "-l", str(sub)], check=False)
+        subprocess.run(["umount", "-l", str(src)], check=True)
