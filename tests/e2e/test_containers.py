@@ -374,8 +374,8 @@ def test_update_container_resources(pod: Pod) -> None:
     cid = pod.run("upd", ["sleep", "600"])
     new = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, cpu_shares=512)
     pod.d.client.runtime.UpdateContainerResources(pb.UpdateContainerResourcesRequest(container_id=cid, linux=new))
-    r = pod.exec(cid, ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"])
-    assert r.stdout.strip() == str(64 << 20).encode()
+    r = pod.exec(cid, ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/cpu/cpu.shares"])
+    assert r.stdout.split() == [str(64 << 20).encode(), b"512"]
     assert pod.status(cid).resources.linux.memory_limit_in_bytes == 64 << 20
 
 
