@@ -603,16 +603,25 @@ def _set_row(d: CridProcess, cid: str, **changes: Any) -> None:
     db.close()
 
 
-def test_crash_between_start_and_its_record(env: tuple[CridProcess, str, Network], daemons: Any) -> None:
+def _own_daemon(env: tuple[CridProcess, str, Network], daemons: Any, name: str) -> tuple[CridProcess, Pod]:
+    """A daemon of the test's own (it gets killed), with the image pulled and a pod."""
     _, image, network = env
-    d = daemons.start("crash", **network.settings())
+    d = daemons.start(name, **network.settings())
     d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
-    pod = Pod(d, image, "crashpod")
+    return d, Pod(d, image, f"{name}pod")
+
+
+def _sigkill(d: CridProcess) -> None:
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+
+
+def test_crash_between_start_and_its_record(env: tuple[CridProcess, str, Network], daemons: Any) -> None:
+    d, pod = _own_daemon(env, daemons, "crash")
     try:
         cid = pod.run("c", ["sleep", "600"])
-        assert d.proc is not None
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait()
+        _sigkill(d)
         _set_row(d, cid, state="created", started_at=0)  # as if crid died right after `runc start`
         d.start()
         st = pod.status(cid)
@@ -623,16 +632,11 @@ def test_crash_between_start_and_its_record(env: tuple[CridProcess, str, Network
 
 
 def test_recovery_never_trusts_a_reused_pid(env: tuple[CridProcess, str, Network], daemons: Any) -> None:
-    _, image, network = env
-    d = daemons.start("reuse", **network.settings())
-    d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
-    pod = Pod(d, image, "reusepod")
+    d, pod = _own_daemon(env, daemons, "reuse")
     stranger = subprocess.Popen(["sleep", "600"])
     try:
         cid = pod.run("c", ["sleep", "600"])
-        assert d.proc is not None
-        d.proc.send_signal(signal.SIGKILL)
-        d.proc.wait()
+        _sigkill(d)
         # the container, its monitor and the runtime's state vanish (as in a reboot), and the pid is reused
         runtime_root = str(Path(d.state) / "runtime" / "runc")
         subprocess.run(["runc", "--root", runtime_root, "delete", "--force", cid], check=True)
