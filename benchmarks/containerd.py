@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
+from tests.support.daemon import DaemonProcess
 
 BINARY = "/usr/bin/containerd"
 CNI_BIN_DIR = "/usr/lib/cni"
@@ -79,7 +79,7 @@ def cni_conflist(name: str, bridge: str, subnet: str, ipam_dir: str) -> dict[str
 LOOPBACK_CONF = {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}
 
 
-class ContainerdProcess:
+class ContainerdProcess(DaemonProcess):
     """One containerd daemon run as a subprocess, configured for CRI with runc and cgroupfs."""
 
     def __init__(
@@ -93,6 +93,7 @@ class ContainerdProcess:
         bridge: str | None = None,
         log_level: str = "info",
     ) -> None:
+        super().__init__()
         self.dir = base / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.binary = binary
@@ -112,7 +113,6 @@ class ContainerdProcess:
         self.content_dir = self.root / "io.containerd.content.v1.content" / "blobs" / "sha256"
         self.snapshots_dir = self.root / "io.containerd.snapshotter.v1.overlayfs" / "snapshots"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._client: CriClient | None = None
         self._bridge_existed = False
         self._run_dir_existed = True
 
@@ -214,20 +214,9 @@ class ContainerdProcess:
         assert self.proc is not None, "containerd not started"
         return self.proc.pid
 
-    @property
-    def client(self) -> CriClient:
-        if self._client is None:
-            self._client = CriClient(self.socket)
-        return self._client
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, SIGKILL after ``timeout``, then remove whatever its shims left; returns the exit code."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.close_client()
         code: int | None = None
         if self.proc is not None:
             if self.proc.poll() is None:

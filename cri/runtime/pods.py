@@ -254,7 +254,7 @@ class Pods:
         os.makedirs(state, mode=0o711, exist_ok=True)
         hostnet = opts.network == pb.NODE
         if config.linux.cgroup_parent:
-            sb.cgroups = cgroups.ensure(config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            sb.cgroups = await asyncio.to_thread(cgroups.ensure, config.linux.cgroup_parent, self._cgroups_in_use(sb))
             self.store.save(sb)
         kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
         hostname = pod_hostname(config)
@@ -278,7 +278,7 @@ class Pods:
         if config.HasField("dns_config"):
             d = config.dns_config
             dns = podfiles.DnsConfig(tuple(d.servers), tuple(d.searches), tuple(d.options))
-        podfiles.write_pod_files(files, hostname, sb.ips, dns, hostnet)
+        await asyncio.to_thread(podfiles.write_pod_files, files, hostname, sb.ips, dns, hostnet)
 
     async def _setup_network(self, sb: Sandbox, hostnet: bool) -> None:
         if hostnet:

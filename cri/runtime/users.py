@@ -107,17 +107,23 @@ def _id(text: str) -> int | None:
     return value if value <= MAX_ID else None
 
 
-def parse_passwd(text: str) -> list[Passwd]:
-    """name:password:uid:gid:gecos:home:shell lines; comments, blanks and
-    lines with non-numeric ids are skipped (they can match no one)."""
+def _records(text: str, min_fields: int) -> list[list[str]]:
+    """The colon-separated records of a passwd/group file; comments, blanks and short lines skipped."""
     out = []
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(":")
-        if len(fields) < 4:
-            continue
+        if line and not line.startswith("#"):
+            fields = line.split(":")
+            if len(fields) >= min_fields:
+                out.append(fields)
+    return out
+
+
+def parse_passwd(text: str) -> list[Passwd]:
+    """name:password:uid:gid:gecos:home:shell lines; lines with non-numeric
+    ids are skipped (they can match no one)."""
+    out = []
+    for fields in _records(text, 4):
         uid, gid = _id(fields[2]), _id(fields[3])
         if uid is None or gid is None:
             continue
@@ -128,13 +134,7 @@ def parse_passwd(text: str) -> list[Passwd]:
 def parse_group(text: str) -> list[Group]:
     """name:password:gid:member,member lines."""
     out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(":")
-        if len(fields) < 3:
-            continue
+    for fields in _records(text, 3):
         gid = _id(fields[2])
         if gid is None:
             continue

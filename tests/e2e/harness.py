@@ -15,25 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from cri import config as configmod
-from cri.api.client import CriClient
+from tests.support.daemon import DaemonProcess, deep_merge
 
 STARTUP_TIMEOUT = 20.0
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-class CridProcess:
+class CridProcess(DaemonProcess):
     """One crid daemon run as a subprocess (``python -m cri serve``)."""
 
     def __init__(self, base: Path, name: str = "crid", settings: dict[str, Any] | None = None) -> None:
+        super().__init__()
         self.dir = base / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = str(self.dir / "crid.sock")
@@ -50,11 +41,10 @@ class CridProcess:
             "images": {"registry_config_dir": str(self.dir / "certs.d")},
             "cni": {"conf_dir": str(self.dir / "net.d")},
         }
-        self.config = configmod.from_dict(_deep_merge(defaults, settings or {}), "test settings")
+        self.config = configmod.from_dict(deep_merge(defaults, settings or {}), "test settings")
         self.config_path.write_text(configmod.render(self.config))
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_address = ""
-        self._client: CriClient | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "cri", "serve", "--config", str(self.config_path)]
@@ -74,15 +64,6 @@ class CridProcess:
         self.kill()
         raise RuntimeError(f"crid did not start within {STARTUP_TIMEOUT}s:\n{self.log_text()}")
 
-    @property
-    def client(self) -> CriClient:
-        if self._client is None:
-            self._client = CriClient(self.socket)
-        return self._client
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def log_records(self, msg: str | None = None) -> list[dict[str, Any]]:
         records = []
         for line in self.log_text().splitlines():
@@ -96,9 +77,7 @@ class CridProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the daemon and wait; returns its exit code."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.close_client()
         if self.proc is None:
             return 0
         if self.proc.poll() is None:

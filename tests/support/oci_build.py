@@ -389,7 +389,24 @@ class ImageConfig:
         return out
 
 
-class Image:
+class _Pushable:
+    """A manifest (or index) document: its bytes as pushed, and their digest."""
+
+    @property
+    def manifest_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def manifest_bytes(self) -> bytes:
+        return canonical_json(self.manifest_json)
+
+    @property
+    def digest(self) -> str:
+        """The manifest digest."""
+        return sha256_digest(self.manifest_bytes)
+
+
+class Image(_Pushable):
     """Layers + config: an OCI image manifest, or a Docker schema 2 one with ``docker=True``."""
 
     def __init__(
@@ -465,15 +482,6 @@ class Image:
             manifest["annotations"] = dict(self.annotations)
         return manifest
 
-    @functools.cached_property
-    def manifest_bytes(self) -> bytes:
-        return canonical_json(self.manifest_json)
-
-    @property
-    def digest(self) -> str:
-        """The manifest digest."""
-        return sha256_digest(self.manifest_bytes)
-
     @property
     def image_id(self) -> str:
         """What CRI calls the image id: the config digest."""
@@ -501,7 +509,7 @@ class Image:
             yield layer.digest, layer.blob
 
 
-class Index:
+class Index(_Pushable):
     """An OCI image index, or a Docker manifest list with ``docker=True``.
 
     ``platforms`` and ``descriptor_annotations`` (by position) override the
@@ -541,14 +549,6 @@ class Index:
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         return out
-
-    @functools.cached_property
-    def manifest_bytes(self) -> bytes:
-        return canonical_json(self.manifest_json)
-
-    @property
-    def digest(self) -> str:
-        return sha256_digest(self.manifest_bytes)
 
     def image_for(self, architecture: str, os: str = "linux") -> Image:
         for image in self.manifests:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from tests.support.certs import SERVER_HOSTS, CertPair, make_ca, make_client_cert, make_server_cert
+from tests.support.daemon import deep_merge
 from tests.support.oci_build import RegistryClient, Target
 from tests.support.token_server import TokenServer
 
@@ -51,16 +52,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 # gorilla/handlers combined log: host ident user [time] "METHOD URI PROTO" status size "referer" "agent"
@@ -258,7 +249,7 @@ class Registry:
                     "rootcertbundle": str(self.token_server.cert_path),
                 }
             }
-        return _deep_merge(cfg, self.extra_config)
+        return deep_merge(cfg, self.extra_config)
 
     def start(self) -> Self:
         if self.token_server is not None and not self.token_server.running:
