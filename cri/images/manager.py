@@ -255,7 +255,7 @@ class Images:
         manifest_body, manifest_digest = top.body, top_digest
         if media_type in mt.INDEXES or (not media_type and "manifests" in doc):
             digest, size, media_type = self._pick_platform(doc, str(ref))
-            child = await repo.manifest(digest, mt.MANIFEST_ACCEPT, resolve=False)
+            child = await repo.manifest(digest, mt.MANIFEST_ACCEPT, resolve=False, size=size)
             progress.tick()
             verify_bytes(child.body, digest, size, "manifest")
             manifest_body, manifest_digest = child.body, digest
@@ -273,7 +273,7 @@ class Images:
         if self.content.exists(config_digest):
             config_body = self.content.read(config_digest)
         else:
-            config_body = await repo.blob_bytes(config_digest, CONFIG_MAX_BYTES)
+            config_body = await repo.blob_bytes(config_digest, config_size, CONFIG_MAX_BYTES)
             progress.tick(len(config_body))
         verify_bytes(config_body, config_digest, config_size, "config")
         config = _json(config_body, f"config {config_digest}")
@@ -289,7 +289,11 @@ class Images:
             id=config_digest,
             manifest_digest=manifest_digest,
             manifest_media_type=media_type,
-            size=config_size + len(manifest_body) + sum(lay.size for lay in layers),
+            # containerd's Image.Size (kubelet's image GC counts it): every blob the platform's
+            # walk reaches, the index included, without the index's other manifests
+            size=sum(len(body) for body in {top_digest: top.body, manifest_digest: manifest_body}.values())
+            + config_size
+            + sum(lay.size for lay in layers),
             uid=uid,
             username=username,
             chain_ids=[lay.chain_id for lay in layers],

@@ -38,6 +38,27 @@ class _Retryable(Exception):
     """A failure worth trying again (5xx, connection trouble)."""
 
 
+async def read_body(resp: aiohttp.ClientResponse, limit: int, what: str, size: int | None = None) -> bytes:
+    """The whole body, refused past ``limit`` bytes and, with ``size``, unless
+    it is exactly that long. aiohttp's ``read(n)`` returns what is buffered so
+    far, not n bytes, so the body is read to its end here."""
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise FailedPrecondition(f"{what} is {length} bytes, over the {limit} byte limit")
+    if size is not None and length is not None and length != size:
+        raise FailedPrecondition(f"{what}: size mismatch: {length} bytes announced, {size} in its descriptor")
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            raise FailedPrecondition(f"{what} is over the {limit} byte limit")
+    if length is not None and len(buf) < length:
+        raise _Retryable(f"{what} ended after {len(buf)} of {length} bytes")
+    if size is not None and len(buf) != size:
+        raise FailedPrecondition(f"{what}: size mismatch: got {len(buf)} bytes, expected {size}")
+    return bytes(buf)
+
+
 class BlobSink:
     """Where a blob download goes (the content store's ingest)."""
 
@@ -207,9 +228,8 @@ class Repository:
                     )
                 if resp.status != 200:
                     raise Unavailable(f"token server {urlsplit(realm).netloc} answered HTTP {resp.status}")
-                body = await resp.content.read(TOKEN_MAX_BYTES)
-                data = json.loads(body)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                data = json.loads(await read_body(resp, TOKEN_MAX_BYTES, "token response"))
+        except (TimeoutError, _Retryable, aiohttp.ClientError, ValueError) as exc:
             raise Unavailable(f"token server {urlsplit(realm).netloc}: {type(exc).__name__}: {exc}") from None
         token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
@@ -227,33 +247,38 @@ class Repository:
         return hosts
 
     async def _each_host(self, capability: str, op: Callable[[RegistryHost], Awaitable[Any]]) -> Any:
-        """Run ``op`` on each host in order until one succeeds."""
+        """Run ``op`` on each host in order until one succeeds.
+
+        Only a host that cannot answer (connection trouble, 5xx), does not
+        have the object (404) or refuses anonymous access sends the pull on to
+        the next host, as containerd does. Any other answer is definitive: a
+        refusal of the given credentials, a size over the limit, a digest
+        mismatch. When every host fails, a 404 or refusal outranks a
+        connection failure, so the operator sees why, not the last dead host.
+        """
         failures: list[CridError] = []
         for host in self._hosts_for(capability):
             try:
                 return await op(host)
-            except (NotFound, Unavailable, PermissionDenied, FailedPrecondition) as exc:
-                if isinstance(exc, FailedPrecondition) and "digest" in str(exc):
-                    raise  # a verification failure is final, not a host problem
+            except (NotFound, Unavailable, PermissionDenied) as exc:
+                if isinstance(exc, PermissionDenied) and not self.credentials.anonymous:
+                    raise
                 failures.append(exc)
                 log.info("registry host failed", extra=fields(host=host.netloc, error=str(exc)))
+        answers = [f for f in failures if not isinstance(f, Unavailable)]
+        if answers:
+            raise answers[0]
         if len(failures) == 1:
             raise failures[0]
-        kinds = {type(f) for f in failures}
-        cls = kinds.pop() if len(kinds) == 1 else Unavailable
-        raise cls("; ".join(str(f) for f in failures))
+        raise Unavailable("; ".join(str(f) for f in failures))
 
-    async def manifest(self, obj: str, accept: str, resolve: bool) -> Fetched:
-        """GET a manifest by tag (``resolve``) or digest; size-capped."""
+    async def manifest(self, obj: str, accept: str, resolve: bool, size: int | None = None) -> Fetched:
+        """GET a manifest by tag (``resolve``) or digest; size-capped, and
+        exactly ``size`` bytes when its descriptor is known."""
 
         async def op(host: RegistryHost) -> Fetched:
             async def read(resp: aiohttp.ClientResponse) -> Fetched:
-                length = resp.content_length
-                if length is not None and length > MANIFEST_MAX_BYTES:
-                    raise FailedPrecondition(f"manifest {obj} is {length} bytes, over the limit")
-                body = await resp.content.read(MANIFEST_MAX_BYTES + 1)
-                if len(body) > MANIFEST_MAX_BYTES:
-                    raise FailedPrecondition(f"manifest {obj} is over the {MANIFEST_MAX_BYTES} byte limit")
+                body = await read_body(resp, MANIFEST_MAX_BYTES, f"manifest {obj}", size)
                 media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
                 return Fetched(body, media_type, host)
 
@@ -265,15 +290,12 @@ class Repository:
         result: Fetched = await self._each_host("resolve" if resolve else "pull", op)
         return result
 
-    async def blob_bytes(self, digest: str, limit: int) -> bytes:
-        """A small blob (an image config) in memory."""
+    async def blob_bytes(self, digest: str, size: int, limit: int) -> bytes:
+        """A small blob (an image config) in memory, exactly ``size`` bytes."""
 
         async def op(host: RegistryHost) -> bytes:
             async def read(resp: aiohttp.ClientResponse) -> bytes:
-                body = await resp.content.read(limit + 1)
-                if len(body) > limit:
-                    raise FailedPrecondition(f"blob {digest} is over the {limit} byte limit")
-                return bytes(body)
+                return await read_body(resp, limit, f"blob {digest}", size)
 
             return bytes(await self._request(host, "GET", f"/{self.path}/blobs/{digest}", ok=read))
 

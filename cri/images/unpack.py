@@ -8,15 +8,24 @@ opaque markers the ``trusted.overlay.opaque`` xattr.
 
 Safety: no entry may leave the snapshot. Names are cleaned (an absolute name
 is taken relative to the root, as docker and containerd do); a ``..`` that
-climbs above the root, a path through a symlink (made by this layer or a
-lower one), or a hardlink to a target outside the root fails the whole
-unpack naming the entry. Files are created with O_NOFOLLOW|O_EXCL, and every
-directory on the way is checked with lstat, so nothing is written or removed
-outside the directory being unpacked.
+climbs above the root, a path through a symlink this layer made, or a
+hardlink to a target outside the root fails the whole unpack naming the
+entry. A path through a *lower* layer's symlink gets a real directory in this
+layer instead (owner and mode of the directory the symlink points to), as
+containerd's and moby's overlay appliers do: it hides the symlink in the
+merged view and stays inside this layer's own directory. Files are created
+with O_NOFOLLOW|O_EXCL, every directory on the way is checked with lstat,
+and lower layers are only read component by component (never through one of
+their symlinks), so nothing outside the snapshots is read, written or removed.
+
+Streams that end right after a complete member, without the padding and the
+two zero blocks of a proper end of archive (umoci writes such layers; GNU tar
+and containerd accept them), are accepted; a member cut short is not.
 """
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -30,6 +39,9 @@ import zstandard
 from isal import igzip_lib, igzip_threaded
 
 from cri.errors import FailedPrecondition
+from cri.log import fields
+
+log = logging.getLogger(__name__)
 
 OPAQUE = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
@@ -47,6 +59,9 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
     zstandard.ZstdError,
     igzip_lib.IsalError,  # type: ignore[assignment]
 )
+# padding of a last member plus the two zero blocks: what a stream may lack at its end
+_END_OF_ARCHIVE = tarfile.BLOCKSIZE - 1 + 2 * tarfile.BLOCKSIZE
+_SYMLINK_DEPTH = 40  # as the kernel's limit on nested symlinks
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -66,18 +81,31 @@ class LayerStats:
 
 
 class _HashingReader:
-    """Hashes and counts everything read through it."""
+    """Hashes and counts everything read through it. At the end of the real
+    bytes it serves up to one end-of-archive's worth of zeros (not hashed), so
+    that tarfile accepts a stream without its end blocks; ``end`` then says
+    where the real bytes stopped, for the check that no member used the zeros."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
         self.count = 0
+        self.end: int | None = None
+        self._zeros = _END_OF_ARCHIVE
 
     def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.hash.update(data)
-        self.count += len(data)
-        return data
+        data = self.raw.read(n) if self.end is None else b""
+        if data:
+            self.hash.update(data)
+            self.count += len(data)
+            return data
+        if n == 0:
+            return b""
+        if self.end is None:
+            self.end = self.count
+        give = self._zeros if n < 0 else min(n, self._zeros)
+        self._zeros -= give
+        return bytes(give)
 
     def drain(self) -> None:
         while self.read(_COPY_CHUNK):
@@ -121,6 +149,28 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _link_parts(parts: list[str], linkname: str) -> list[str]:
+    """Where the symlink at ``parts`` points, as components from the root;
+    ``..`` stops at the root, as inside a chroot."""
+    out = [] if linkname.startswith("/") else list(parts[:-1])
+    for comp in linkname.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(comp)
+    return out
+
+
 class _Applier:
     def __init__(self, target: str, lowers: list[str], cancel: threading.Event | None) -> None:
         self.target = target
@@ -132,19 +182,61 @@ class _Applier:
 
     # --- lookups -----------------------------------------------------------
 
-    def _lower_lstat(self, rel: str) -> os.stat_result | None:
-        """The top-most lower layer's entry at ``rel`` (None if absent or whited out)."""
-        for lower in self.lowers:
-            try:
-                st = os.lstat(os.path.join(lower, rel))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            return None if _is_whiteout(st) else st
+    def _lower(self, parts: list[str]) -> tuple[str, os.stat_result] | None:
+        """The entry at ``parts`` in the merged view of the lower layers, as
+        overlayfs shows it: (its path, its lstat), or None when absent, whited
+        out, or below a component that is not a directory there (which this
+        layer's own directory then hides). Each layer is walked one checked
+        component at a time, so no host symlink is ever followed."""
+        layers = self.lowers
+        found: tuple[str, os.stat_result] | None = None
+        for i in range(len(parts)):
+            if found is not None and not stat.S_ISDIR(found[1].st_mode):
+                return None
+            rel = os.path.join(*parts[: i + 1])
+            found, below = None, []
+            for lower in layers:
+                path = os.path.join(lower, rel)
+                try:
+                    st = os.lstat(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if _is_whiteout(st) or (found is not None and not stat.S_ISDIR(st.st_mode)):
+                    break
+                if found is None:
+                    found = (path, st)
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                below.append(lower)
+                if _is_opaque(path):
+                    break
+            if found is None:
+                return None
+            layers = below
+        return found
+
+    def _lower_dir(self, parts: list[str], depth: int = 0) -> os.stat_result | None:
+        """The directory at ``parts`` in the lower layers' view, following
+        their symlinks inside the image; None if it is not a directory."""
+        for i in range(len(parts)):
+            hit = self._lower(parts[: i + 1])
+            if hit is None:
+                return None
+            path, st = hit
+            if stat.S_ISLNK(st.st_mode):
+                if depth >= _SYMLINK_DEPTH:
+                    return None
+                target = _link_parts(parts[: i + 1], os.readlink(path))
+                return self._lower_dir(target + parts[i + 1 :], depth + 1)
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            if i == len(parts) - 1:
+                return st
         return None
 
     def _parent(self, parts: list[str], entry: str) -> str:
         """Make sure the directories ``parts`` exist in the snapshot, refusing
-        any that is a symlink here or in a lower layer; returns the path."""
+        any that is a symlink here or a non-directory below; returns the path."""
         path = self.target
         for i, comp in enumerate(parts):
             path = os.path.join(path, comp)
@@ -157,17 +249,25 @@ class _Applier:
                 if stat.S_ISDIR(st.st_mode):
                     continue
                 if stat.S_ISLNK(st.st_mode):
-                    raise UnsafeLayer(f"layer entry {entry!r} goes through the symlink {rel!r}")
+                    raise UnsafeLayer(
+                        f"layer entry {entry!r} goes through the symlink {rel!r} of its own layer "
+                        "(refused for safety: the layer could aim it outside the root)"
+                    )
                 raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory")
-            lower = self._lower_lstat(rel)
-            if lower is not None and stat.S_ISLNK(lower.st_mode):
-                raise UnsafeLayer(f"layer entry {entry!r} goes through the symlink {rel!r} of a lower layer")
-            if lower is not None and not stat.S_ISDIR(lower.st_mode):
+            hit = self._lower(parts[: i + 1])
+            like = hit[1] if hit is not None else None
+            if like is not None and stat.S_ISLNK(like.st_mode):
+                log.info(
+                    "layer path through a lower layer's symlink: made a real directory, which hides the symlink",
+                    extra=fields(entry=entry, symlink=rel),
+                )
+                like = self._lower_dir(parts[: i + 1])
+            elif like is not None and not stat.S_ISDIR(like.st_mode):
                 raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory in a lower layer")
             os.mkdir(path, 0o755)
-            if lower is not None:  # keep the lower dir's owner and mode on the implied copy
-                os.lchown(path, lower.st_uid, lower.st_gid)
-                os.chmod(path, stat.S_IMODE(lower.st_mode))
+            if like is not None:  # keep the lower dir's owner and mode on the implied copy
+                os.lchown(path, like.st_uid, like.st_gid)
+                os.chmod(path, stat.S_IMODE(like.st_mode))
             self.inodes += 1
         return path
 
@@ -219,25 +319,27 @@ class _Applier:
         parts = _clean(member.linkname, entry)
         if not parts:
             raise UnsafeLayer(f"layer entry {entry!r} is a hardlink to the root")
-        rel = "/".join(parts)
         source = os.path.join(self._parent(parts[:-1], entry), parts[-1])
         try:
             st = os.lstat(source)
         except FileNotFoundError:
-            lower = next((os.path.join(lw, rel) for lw in self.lowers if os.path.lexists(os.path.join(lw, rel))), None)
-            if lower is None or not stat.S_ISREG(os.lstat(lower).st_mode):
+            lower = self._lower(parts)
+            if lower is None or not stat.S_ISREG(lower[1].st_mode):
                 raise UnsafeLayer(f"layer entry {entry!r} links to {member.linkname!r}, which does not exist") from None
-            shutil.copy2(lower, source, follow_symlinks=False)  # copy up, as overlayfs would
+            shutil.copy2(lower[0], source, follow_symlinks=False)  # copy up, as overlayfs would
             st = os.lstat(source)
         if stat.S_ISDIR(st.st_mode):
             raise UnsafeLayer(f"layer entry {entry!r} is a hardlink to the directory {member.linkname!r}")
         os.link(source, path, follow_symlinks=False)
 
-    def apply(self, tar: tarfile.TarFile) -> None:
+    def apply(self, tar: tarfile.TarFile, reader: _HashingReader) -> None:
         for member in tar:
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled()
             self._entry(member, tar)
+            # the member's header and data (all read by now) must be real bytes, not the end's zeros
+            if reader.end is not None and tar.fileobj is not None and tar.fileobj.tell() > reader.end:
+                raise FailedPrecondition(f"layer entry {member.name!r} is cut short: the layer stream ends inside it")
         for path, member in reversed(self.dirs):  # deepest last-made first: children no longer change mtimes
             self._meta(path, member)
 
@@ -313,7 +415,7 @@ def apply_layer(
         applier = _Applier(target, lowers, cancel)
         try:
             with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
-                applier.apply(tar)
+                applier.apply(tar, reader)
             reader.drain()
         except tarfile.TarError as exc:
             raise FailedPrecondition(f"layer {diff_id}: not a valid tar stream: {exc}") from None

@@ -8,7 +8,9 @@ rootfs is. A case lists the host paths that must not exist afterwards
 (``victims``); :meth:`MaliciousCase.prepare` creates the victims (and a
 sentinel next to the unpack root), :meth:`MaliciousCase.violations` says
 what went wrong. A safe unpacker either refuses the layer or keeps every
-entry inside the root (an absolute name ``/x`` may become ``<root>/x``).
+entry inside the root (an absolute name ``/x`` may become ``<root>/x``; a
+path through a lower layer's symlink gets a real directory in its own layer,
+as containerd and moby do: ``contained`` cases).
 
 The archives are written header by header (``tarfile.TarInfo.tobuf``), so
 names are exactly as given: ``tarfile`` does not get to refuse or clean them.
@@ -73,6 +75,7 @@ class MaliciousCase:
     forbidden: tuple[str, ...] = ()  # host paths that must not exist afterwards
     victims: tuple[str, ...] = ()  # host files that must survive unchanged and unlinked
     parent_sentinel: bool = False  # the attack aims at the unpack root's parent
+    contained: bool = False  # a safe unpacker may accept it, keeping it inside the root
     note: str = ""
 
     def prepare(self, root: Path | None = None) -> None:
@@ -173,6 +176,7 @@ def malicious_cases(escape_dir: str = "/tmp", compression: Compression = "gzip")
                 Layer([raw_file(f"evil/{os.path.basename(target('symlink-abs-two-layers'))}")], compression),
             ),
             forbidden=(target("symlink-abs-two-layers"),),
+            contained=True,
             note="layer 1: symlink evil -> <escape_dir>; layer 2: evil/x",
         ),
         MaliciousCase(
@@ -182,6 +186,7 @@ def malicious_cases(escape_dir: str = "/tmp", compression: Compression = "gzip")
                 Layer([raw_file(f"evil/{os.path.basename(target('symlink-rel-two-layers'))}")], compression),
             ),
             forbidden=(target("symlink-rel-two-layers"),),
+            contained=True,
             note="layer 1: symlink evil -> ../../..<escape_dir>; layer 2: evil/x",
         ),
         MaliciousCase(
@@ -259,6 +264,7 @@ def malicious_cases(escape_dir: str = "/tmp", compression: Compression = "gzip")
                 ),
             ),
             victims=(victim("whiteout-through-symlink"),),
+            contained=True,
             note="layer 1: symlink evil -> <escape_dir>; layer 2: evil/.wh.victim",
         ),
         MaliciousCase(

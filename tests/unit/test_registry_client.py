@@ -224,3 +224,104 @@ async def test_bearer_flow_and_token_cache(session: aiohttp.ClientSession) -> No
     finally:
         await r_reg.cleanup()
         await r_tok.cleanup()
+
+
+def dead_host() -> str:
+    """A loopback port nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+async def dribble(request: web.Request, body: bytes, chunk: int = 700) -> web.StreamResponse:
+    """Send ``body`` in small pieces with pauses, as a busy registry or proxy does
+    (chunked, without a length, when the query says so)."""
+    import asyncio
+
+    resp = web.StreamResponse(headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    if "/lib/chunked/" in request.path:
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = len(body)
+    await resp.prepare(request)
+    for i in range(0, len(body), chunk):
+        await resp.write(body[i : i + chunk])
+        await asyncio.sleep(0.002)
+    await resp.write_eof()
+    return resp
+
+
+async def test_bodies_are_read_to_their_end(session: aiohttp.ClientSession) -> None:
+    """aiohttp's read(n) returns what is buffered; manifests and configs must come whole."""
+    index = b'{"manifests": [' + b",".join(b'{"digest": "sha256:%064d"}' % i for i in range(60)) + b"]}"
+    config = os.urandom(15_000)
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+
+    async def manifest(request: web.Request) -> web.StreamResponse:
+        return await dribble(request, index)
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        return await dribble(request, config)
+
+    routes: dict[str, Handler] = {}
+    for path in ("lib/x", "lib/chunked"):
+        routes[f"/v2/{path}/manifests/v1"] = manifest
+        routes[f"/v2/{path}/blobs/{config_digest}"] = blob
+    runner, host = await serve(routes)
+    try:
+        r = repo(session, host)
+        chunked = Repository(
+            session, [RegistryHost("http", host)], "reg.test", "lib/chunked", Credentials(), TokenCache()
+        )
+        for _ in range(3):
+            for each in (r, chunked):
+                assert (await each.manifest("v1", "*/*", resolve=True)).body == index
+                assert await each.blob_bytes(config_digest, len(config), 1 << 20) == config
+        with pytest.raises(FailedPrecondition, match="size mismatch: 15000 bytes announced, 14981 in its descriptor"):
+            await r.blob_bytes(config_digest, 14981, 1 << 20)
+        with pytest.raises(FailedPrecondition, match="size mismatch: got 15000 bytes, expected 14981"):
+            await chunked.blob_bytes(config_digest, 14981, 1 << 20)
+    finally:
+        await runner.cleanup()
+
+
+async def test_definitive_answers_end_the_pull(session: aiohttp.ClientSession) -> None:
+    """Over-limit bodies and refused credentials are the answer; a dead host after
+    them must not bury it under a connection error."""
+    from cri.images.registry import MANIFEST_MAX_BYTES
+
+    big = b" " * (MANIFEST_MAX_BYTES + 1)
+
+    async def too_big(request: web.Request) -> web.Response:
+        return web.Response(body=big)
+
+    async def locked(request: web.Request) -> web.Response:
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    r1, big_host = await serve({"/v2/lib/x/manifests/v1": too_big})
+    r2, locked_host = await serve({"/v2/lib/x/manifests/v1": locked})
+    r3, empty_host = await serve({"/v2/lib/x/manifests/v1": missing})
+    dead = dead_host()
+    try:
+        with pytest.raises(FailedPrecondition, match="over the 4194304 byte limit") as err:
+            await repo(session, big_host, dead).manifest("v1", "*/*", resolve=True)
+        assert dead not in str(err.value)
+        with pytest.raises(PermissionDenied, match="refused the given credentials") as denied:
+            await repo(session, locked_host, dead, creds=Credentials("u", "p")).manifest("v1", "*/*", resolve=True)
+        assert dead not in str(denied.value)
+        # a 404 (or anonymous refusal) tries the next host, as containerd does, and outranks its connection error
+        with pytest.raises(NotFound, match=f"not found on {empty_host}") as nf:
+            await repo(session, empty_host, dead).manifest("v1", "*/*", resolve=True)
+        assert dead not in str(nf.value)
+        with pytest.raises(PermissionDenied, match="no usable credentials"):
+            await repo(session, locked_host, dead).manifest("v1", "*/*", resolve=True)
+        with pytest.raises(Unavailable, match=dead):
+            await repo(session, dead).manifest("v1", "*/*", resolve=True)
+    finally:
+        for r in (r1, r2, r3):
+            await r.cleanup()

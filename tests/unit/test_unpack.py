@@ -143,14 +143,121 @@ def test_symlink_escape_in_one_layer_is_refused(tmp_path: Path, dirs: tuple[Path
     assert (outside / "keep").read_text() == "untouched"
 
 
-def test_symlink_escape_across_layers_is_refused(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+def test_path_through_a_lower_symlink_gets_a_real_dir(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    """As containerd and moby: the layer gets its own directory, which hides the
+    lower symlink; nothing is written where the symlink points."""
     target, outside = dirs
     lower = tmp_path / "lower"
-    lower.mkdir()
+    (lower / "usr" / "lib").mkdir(parents=True)
+    os.chown(lower / "usr" / "lib", 7, 8)
+    os.chmod(lower / "usr" / "lib", 0o750)
+    os.symlink("usr/lib", lower / "lib")
     os.symlink(str(outside), lower / "evil")
-    build = lambda t: _entry(t, "evil/pwned", data=b"bad")  # noqa: E731
-    _refused(tmp_path, target, build, "symlink 'evil' of a lower layer", [str(lower)])
+    os.symlink("../../../../../../../../..", lower / "up")
+
+    def build(t: tarfile.TarFile) -> None:
+        _entry(t, "lib/x86_64-linux-gnu/libextra.so", data=b"elf")
+        _entry(t, "evil/pwned", data=b"bad")
+        _entry(t, "up/tmp/pwned", data=b"bad")
+
+    blob, diff_id = _layer(tmp_path, build)
+    apply_layer(blob, "none", str(target), [str(lower)], diff_id)
+    lib = os.lstat(target / "lib")
+    assert stat.S_ISDIR(lib.st_mode)
+    assert (lib.st_uid, lib.st_gid, stat.S_IMODE(lib.st_mode)) == (7, 8, 0o750)  # from usr/lib, the link's target
+    assert (target / "lib/x86_64-linux-gnu/libextra.so").read_bytes() == b"elf"
+    assert (target / "evil/pwned").read_bytes() == b"bad"
+    assert stat.S_ISDIR(os.lstat(target / "evil").st_mode)
+    assert (target / "up/tmp/pwned").exists()
     assert sorted(os.listdir(outside)) == ["keep"]
+    assert sorted(os.listdir(lower)) == ["evil", "lib", "up", "usr"] and os.listdir(lower / "usr/lib") == []
+
+
+def test_lower_view_is_merged_like_overlayfs(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    """Owners of implied dirs come from the top-most lower that has them; a whiteout
+    or an opaque dir hides what is below it; a hard link never reads through a
+    lower symlink onto the host."""
+    target, outside = dirs
+    bottom, middle = tmp_path / "bottom", tmp_path / "middle"
+    for d in ("a", "b", "c"):
+        (bottom / d).mkdir(parents=True)
+        os.chown(bottom / d, 1, 1)
+    (bottom / "c" / "file").write_bytes(b"hidden by opaque")
+    (middle / "a").mkdir(parents=True)
+    os.chown(middle / "a", 2, 2)
+    os.mknod(middle / "b", stat.S_IFCHR, os.makedev(0, 0))  # whiteout of b
+    (middle / "c").mkdir()
+    os.setxattr(middle / "c", "trusted.overlay.opaque", b"y")
+    os.symlink(str(outside), middle / "evil")
+
+    def build(t: tarfile.TarFile) -> None:
+        _entry(t, "a/x", data=b"1")
+        _entry(t, "b/x", data=b"2")
+        _entry(t, "c/alias", tarfile.LNKTYPE, linkname="c/file")
+
+    blob, diff_id = _layer(tmp_path, build)
+    lowers = [str(middle), str(bottom)]
+    with pytest.raises(UnsafeLayer, match="'c/alias' links to 'c/file', which does not exist"):
+        apply_layer(blob, "none", str(target), lowers, diff_id)
+    assert os.lstat(target / "a").st_uid == 2
+    assert os.lstat(target / "b").st_uid == 0  # b is whited out below: a fresh dir
+
+    target2 = tmp_path / "snap2"
+    target2.mkdir()
+    blob, diff_id = _layer(tmp_path, lambda t: _entry(t, "stolen", tarfile.LNKTYPE, linkname="evil/keep"))
+    with pytest.raises(UnsafeLayer, match="which does not exist"):
+        apply_layer(blob, "none", str(target2), lowers, diff_id)
+    assert os.stat(outside / "keep").st_nlink == 1
+    assert not (target2 / "stolen").exists()
+
+
+def _raw_layer(tmp_path: Path, data: bytes) -> tuple[str, str]:
+    path = tmp_path / f"raw-{hashlib.sha256(data).hexdigest()[:12]}"
+    path.write_bytes(data)
+    return str(path), "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _tar_bytes(entries: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in entries:
+            _entry(tar, name, data=data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("cut", ["padding-and-end", "end-blocks", "one-end-block"])
+def test_stream_without_end_of_archive_is_accepted(tmp_path: Path, dirs: tuple[Path, Path], cut: str) -> None:
+    """umoci writes layers like these; GNU tar and containerd extract them."""
+    target, _ = dirs
+    full = _tar_bytes([("a", b"first"), ("dir/b", b"x" * 700)])
+    end = full.rstrip(b"\0")  # the last member's data ends in "x"
+    data = {
+        "padding-and-end": end,
+        "end-blocks": end + bytes(-len(end) % 512),
+        "one-end-block": end + bytes(-len(end) % 512) + bytes(512),
+    }[cut]
+    blob, diff_id = _raw_layer(tmp_path, data)
+    stats = apply_layer(blob, "none", str(target), [], diff_id)
+    assert stats.diff_id == diff_id
+    assert (target / "a").read_bytes() == b"first" and (target / "dir/b").read_bytes() == b"x" * 700
+
+
+def test_member_cut_short_is_refused(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    target, _ = dirs
+    end = _tar_bytes([("a", b"first"), ("b", b"y" * 700)]).rstrip(b"\0")
+    blob, diff_id = _raw_layer(tmp_path, end[:-100])  # 100 bytes of b's data missing
+    with pytest.raises(FailedPrecondition, match="'b' is cut short"):
+        apply_layer(blob, "none", str(target), [], diff_id)
+
+
+def test_multi_member_gzip_layer(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    """GNU tar piped through several gzip runs (or pigz) makes concatenated members."""
+    target, _ = dirs
+    raw = _tar_bytes([("a", b"1" * 5000), ("b", b"2" * 5000)])
+    blob = tmp_path / "multi.gz"
+    blob.write_bytes(gzip.compress(raw[:3000]) + gzip.compress(raw[3000:]))
+    apply_layer(str(blob), "gzip", str(target), [], "sha256:" + hashlib.sha256(raw).hexdigest())
+    assert (target / "b").read_bytes() == b"2" * 5000
 
 
 def test_hardlink_escape_is_refused(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
