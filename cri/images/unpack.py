@@ -255,15 +255,16 @@ class _Applier:
                     )
                 raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory")
             hit = self._lower(parts[: i + 1])
-            like = hit[1] if hit is not None else None
-            if like is not None and stat.S_ISLNK(like.st_mode):
+            if hit is not None and stat.S_ISLNK(hit[1].st_mode):
                 log.info(
                     "layer path through a lower layer's symlink: made a real directory, which hides the symlink",
                     extra=fields(entry=entry, symlink=rel),
                 )
-                like = self._lower_dir(parts[: i + 1])
-            elif like is not None and not stat.S_ISDIR(like.st_mode):
+            elif hit is not None and not stat.S_ISDIR(hit[1].st_mode):
                 raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory in a lower layer")
+            # owner and mode of the directory the lower layers show there, through their
+            # symlinks (containerd resolves each implied parent in the parents so)
+            like = self._lower_dir(parts[: i + 1])
             os.mkdir(path, 0o755)
             if like is not None:  # keep the lower dir's owner and mode on the implied copy
                 os.lchown(path, like.st_uid, like.st_gid)

@@ -148,9 +148,11 @@ def test_path_through_a_lower_symlink_gets_a_real_dir(tmp_path: Path, dirs: tupl
     lower symlink; nothing is written where the symlink points."""
     target, outside = dirs
     lower = tmp_path / "lower"
-    (lower / "usr" / "lib").mkdir(parents=True)
+    (lower / "usr" / "lib" / "x86_64-linux-gnu").mkdir(parents=True)
     os.chown(lower / "usr" / "lib", 7, 8)
     os.chmod(lower / "usr" / "lib", 0o750)
+    os.chown(lower / "usr" / "lib" / "x86_64-linux-gnu", 0, 50)
+    os.chmod(lower / "usr" / "lib" / "x86_64-linux-gnu", 0o705)
     os.symlink("usr/lib", lower / "lib")
     os.symlink(str(outside), lower / "evil")
     os.symlink("../../../../../../../../..", lower / "up")
@@ -165,12 +167,15 @@ def test_path_through_a_lower_symlink_gets_a_real_dir(tmp_path: Path, dirs: tupl
     lib = os.lstat(target / "lib")
     assert stat.S_ISDIR(lib.st_mode)
     assert (lib.st_uid, lib.st_gid, stat.S_IMODE(lib.st_mode)) == (7, 8, 0o750)  # from usr/lib, the link's target
+    arch = os.lstat(target / "lib/x86_64-linux-gnu")  # the next implied dir too, through the lower symlink
+    assert (arch.st_uid, arch.st_gid, stat.S_IMODE(arch.st_mode)) == (0, 50, 0o705)
     assert (target / "lib/x86_64-linux-gnu/libextra.so").read_bytes() == b"elf"
     assert (target / "evil/pwned").read_bytes() == b"bad"
     assert stat.S_ISDIR(os.lstat(target / "evil").st_mode)
     assert (target / "up/tmp/pwned").exists()
     assert sorted(os.listdir(outside)) == ["keep"]
-    assert sorted(os.listdir(lower)) == ["evil", "lib", "up", "usr"] and os.listdir(lower / "usr/lib") == []
+    assert sorted(os.listdir(lower)) == ["evil", "lib", "up", "usr"]
+    assert os.listdir(lower / "usr/lib/x86_64-linux-gnu") == []
 
 
 def test_lower_view_is_merged_like_overlayfs(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
