@@ -120,7 +120,8 @@ class Results:
 
 
 def select(names: list[str] | None) -> list[Workload[Any]]:
-    import benchmarks.workloads  # noqa: F401  (registers the workloads)
+    import benchmarks.exec_workloads
+    import benchmarks.workloads  # noqa: F401
 
     if names is None:
         return list(REGISTRY.values())

@@ -167,12 +167,36 @@ class StreamingConfig(_Section):
     address: str = Field(
         "127.0.0.1:0", description="HOST:PORT of the exec/attach/port-forward server (port 0: any free)"
     )
+    tls_cert_file: str = Field("", description="PEM certificate of the streaming server; empty: plain HTTP")
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file")
+    tls_client_ca_file: str = Field(
+        "", description="PEM CA bundle: when set, clients must present a certificate it signed"
+    )
+    idle_timeout_seconds: float = Field(
+        14400.0, gt=0, description="A session with no traffic in either direction for this long is closed"
+    )
+    stream_creation_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long a SPDY client may take to open the streams of a session"
+    )
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
         parse_address(v)
         return v
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    @classmethod
+    def _tls_paths(cls, v: str) -> str:
+        return _absolute(v) if v else v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "StreamingConfig":
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file (client certificates need TLS)")
+        return self
 
 
 class Config(_Section):

@@ -25,7 +25,9 @@ from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Inva
 from cri.images.manager import Images
 from cri.log import fields
 from cri.runtime import monitor, podfiles, procs
+from cri.runtime.attach import attach as attach_stdio
 from cri.runtime.container_store import Container, ContainerStore, State
+from cri.runtime.exec_session import run_exec
 from cri.runtime.exits import ExitWatcher
 from cri.runtime.handlers import Handlers
 from cri.runtime.pods import Pods, drain_tasks, pod_hostname
@@ -33,6 +35,7 @@ from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
 from cri.runtime.stats import Usage, read_usage
+from cri.runtime.stdio import Stdio
 from cri.store import Store
 
 log = logging.getLogger(__name__)
@@ -420,6 +423,23 @@ class Containers:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         return ExecResult(out, err, code)
+
+    async def exec_stream(self, cid: str, cmd: list[str], stdio: Stdio) -> int:  # Exec: see exec_session.py
+        if not cmd:
+            raise InvalidArgument("Exec: cmd is empty")
+        c = self._running(cid)
+        return await run_exec(self.pods.runtime(c.handler), c.id, self.bundle(c.id), cmd, stdio)
+
+    async def attach(self, cid: str, stdio: Stdio) -> None:  # see attach.py for conmon's socket
+        c = self._running(cid)
+        sock = os.path.join(self.config.state_dir, "attach", c.id, "attach")
+        await attach_stdio(self.bundle(c.id), sock, stdio, c.config.stdin)
+
+    def _running(self, cid: str) -> Container:
+        c = self.store.get(cid)
+        if c.state != State.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running")
+        return c
 
     async def reopen_log(self, cid: str) -> None:
         c = self.store.get(cid)

@@ -18,7 +18,7 @@ from cri.runtime.oci import OciRuntime
 
 CONMON = "/usr/bin/conmon"
 SYNC_TIMEOUT = 60.0
-# conmon's control fifo: "<type> <width> <height>\n"; type 2 reopens the log file
+# conmon's control fifo: "<type> <height> <width>\n"; type 1 resizes the tty, type 2 reopens the log file
 _REOPEN_LOG = "2 0 0\n"
 
 

@@ -22,11 +22,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from cri.api.v1 import api_pb2 as pb
 from cri.cni import CniManager, PodNetwork, PortMapping
 from cri.config import Config
-from cri.errors import AlreadyExists, InvalidArgument, NotFound
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.log import fields
 from cri.runtime import cgroups, infra, namespaces, podfiles, procs
 from cri.runtime.oci import OciRuntime
+from cri.runtime.portforward import forward
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
+from cri.runtime.stdio import Duplex
 from cri.store import Store
 
 log = logging.getLogger(__name__)
@@ -404,6 +406,14 @@ class Pods:
         if sb.state == State.CREATING:
             raise NotFound(f"pod sandbox {sandbox_id!r} is still being created")
         return sb
+
+    async def port_forward(self, sandbox_id: str, port: int, stream: Duplex) -> None:
+        """PortForward (see portforward.py); a host-network pod is dialed on the host."""
+        sb = self.get(sandbox_id)
+        hostnet = host_network(sb.config)
+        if sb.state != State.READY or not (hostnet or "net" in sb.namespaces):
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
+        await forward(None if hostnet else sb.namespaces["net"], port, stream)
 
     def list(self, filt: pb.PodSandboxFilter | None) -> list[Sandbox]:
         out = []

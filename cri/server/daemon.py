@@ -25,6 +25,8 @@ from cri.server.listener import Ownership, StartupError, make_dir
 from cri.server.metrics import MetricsServer
 from cri.server.rpc import Gate, service_handler
 from cri.server.runtime_service import RuntimeServicer
+from cri.server.stream_backend import DomainBackend
+from cri.server.streaming import StreamingServer
 from cri.store import Store
 
 log = logging.getLogger("cri.server.daemon")
@@ -38,7 +40,9 @@ class Daemon:
         self._ownership = Ownership(config.root_dir, config.grpc.socket)
         self._metrics: MetricsServer | None = None
 
-    def _grpc_server(self, images: Images, pods: Pods, containers: Containers) -> grpc.aio.Server:
+    def _grpc_server(
+        self, images: Images, pods: Pods, containers: Containers, streaming: StreamingServer
+    ) -> grpc.aio.Server:
         limit = self.config.grpc.max_message_mib * 1024 * 1024
         server = grpc.aio.server(
             options=[
@@ -48,7 +52,7 @@ class Daemon:
         )
         server.add_generic_rpc_handlers(
             (
-                service_handler("RuntimeService", RuntimeServicer(self.config, pods, containers), self.gate),
+                service_handler("RuntimeService", RuntimeServicer(self.config, pods, containers, streaming), self.gate),
                 service_handler("ImageService", ImageServicer(images), self.gate),
             )
         )
@@ -85,7 +89,22 @@ class Daemon:
 
     async def _serve(self, images: Images, pods: Pods, containers: Containers) -> int:
         cfg = self.config
-        server = self._grpc_server(images, pods, containers)
+        streaming = StreamingServer(cfg.streaming, DomainBackend(containers, pods))
+        try:
+            streaming_url = await streaming.start()
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot serve streaming on {cfg.streaming.address}: {exc}") from None
+        try:
+            return await self._serve_grpc(images, pods, containers, streaming, streaming_url)
+        finally:
+            # sessions in flight end cleanly: their streams close, exec'd commands are killed
+            await streaming.stop()
+
+    async def _serve_grpc(
+        self, images: Images, pods: Pods, containers: Containers, streaming: StreamingServer, streaming_url: str
+    ) -> int:
+        cfg = self.config
+        server = self._grpc_server(images, pods, containers, streaming)
         target = f"unix://{cfg.grpc.socket}"
         try:
             server.add_insecure_port(target)
@@ -120,10 +139,12 @@ class Daemon:
                 handlers=",".join(cfg.runtime.handlers),
                 default_handler=cfg.runtime.default_handler,
                 metrics=metrics_address,
+                streaming=streaming_url,
             ),
         )
 
         await self._stop.wait()
+        await streaming.stop()
         await server.stop(cfg.grpc.shutdown_grace_seconds)
         # work that outlives its RPC (shielded creates, pull cleanup) ends before the store closes
         grace = cfg.grpc.shutdown_grace_seconds

@@ -16,7 +16,7 @@ from cri.api.v1 import api_pb2 as pb
 from cri.api.v1 import api_pb2_grpc
 from cri.conditions import Condition
 from cri.config import Config
-from cri.errors import InvalidArgument
+from cri.errors import FailedPrecondition, InvalidArgument
 from cri.runtime import handlers
 from cri.runtime.container_store import Container
 from cri.runtime.container_store import State as CState
@@ -24,6 +24,7 @@ from cri.runtime.containers import Containers
 from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox, State
 from cri.runtime.stats import Usage
+from cri.server.streaming import StreamingServer
 
 K = TypeVar("K")
 M = TypeVar("M")
@@ -149,10 +150,11 @@ class _Listing(Generic[K, M]):
 
 
 class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self, config: Config, pods: Pods, containers: Containers) -> None:
+    def __init__(self, config: Config, pods: Pods, containers: Containers, streaming: StreamingServer) -> None:
         self.config = config
         self.pods = pods
         self.containers = containers
+        self.streaming = streaming
         self._pod_listing: _Listing[str, pb.PodSandbox] = _Listing(sandbox_message)
         self._container_listing: _Listing[str, pb.Container] = _Listing(container_message)
 
@@ -344,6 +346,43 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
             _need(request.container_id, "ExecSync"), list(request.cmd), int(request.timeout)
         )
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    # --- streaming: the calls hand out a URL of the streaming server -------------------------
+
+    def _running(self, request: pb.ExecRequest | pb.AttachRequest, rpc: str) -> None:
+        """Checks, and gives the request the container's full id (a prefix might
+        name another container by the time the client connects)."""
+        c = self.containers.get(_need(request.container_id, rpc))
+        request.container_id = c.id
+        if c.state != CState.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is {c.state.value}, not running")
+        if request.tty and request.stderr:
+            raise InvalidArgument(f"{rpc}: tty and stderr cannot both be set (a terminal has one output stream)")
+        if not (request.stdin or request.stdout or request.stderr):
+            raise InvalidArgument(f"{rpc}: one of stdin, stdout and stderr must be set")
+
+    async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+        self._running(request, "Exec")
+        if not request.cmd:
+            raise InvalidArgument("Exec: cmd is empty")
+        return pb.ExecResponse(url=self.streaming.url("exec", request))
+
+    async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
+        self._running(request, "Attach")
+        return pb.AttachResponse(url=self.streaming.url("attach", request))
+
+    async def PortForward(self, request: pb.PortForwardRequest, context: Any) -> pb.PortForwardResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("PortForward: pod_sandbox_id is empty")
+        sb = self.pods.get(request.pod_sandbox_id)
+        if sb.state != State.READY:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
+        bad = [p for p in request.port if not 0 < p < 65536]
+        if bad:
+            raise InvalidArgument(f"PortForward: invalid port {bad[0]}: must be 1-65535")
+        # the request is kept with its full id: a prefix might name another pod by the time the client comes
+        full = pb.PortForwardRequest(pod_sandbox_id=sb.id, port=request.port)
+        return pb.PortForwardResponse(url=self.streaming.url("portforward", full))
 
 
 def _u64(value: int | None) -> pb.UInt64Value | None:
