@@ -3,7 +3,8 @@
 Each message starts with a channel number: one byte (``channel.k8s.io``,
 ``v4.channel.k8s.io``, ``v5.channel.k8s.io``) or one ASCII digit followed by
 base64 data (``base64.channel.k8s.io``, ``v4.base64.channel.k8s.io``). v5
-adds a half-close: the two bytes ``[255, channel]`` end that channel. A
+adds a half-close from the client: the two bytes ``[255, channel]`` end that
+channel (servers never send it: client-go does not understand it). A
 message for a channel nobody reads, or that does not exist, is dropped, as
 Kubernetes does.
 """
@@ -11,7 +12,6 @@ Kubernetes does.
 import asyncio
 import base64
 import binascii
-import contextlib
 from dataclasses import dataclass
 
 from cri.streaming.websocket import WebSocket
@@ -119,11 +119,6 @@ class ChannelConn:
         else:
             await self.ws.send(bytes([channel]) + data)
 
-    async def close_channel(self, channel: int) -> None:
-        if self.protocol.close_signal:
-            await self.ws.send(bytes([CLOSE_SIGNAL, channel]))
-
-
 class ChannelSource:
     def __init__(self, conn: ChannelConn, channel: int) -> None:
         self.conn, self.channel = conn, channel
@@ -135,14 +130,12 @@ class ChannelSource:
 class ChannelSink:
     def __init__(self, conn: ChannelConn, channel: int) -> None:
         self.conn, self.channel = conn, channel
-        self._closed = False
 
     async def write(self, data: bytes) -> None:
         if data:
             await self.conn.write(self.channel, data)
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(ConnectionError):
-                await self.conn.close_channel(self.channel)
+        """Nothing to send: v5's close signal goes from the client to the server
+        only (client-go's reader discards it as an unknown stream); a channel
+        ends for the client when the connection does."""

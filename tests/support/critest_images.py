@@ -25,6 +25,8 @@ what the specs check (see /work/shared/CRITEST.md), nothing more:
 
 Every image that must have its own id has its own config; names meant to be one
 image (``test-image-tags:1..3``, the two pause names) share one manifest.
+``hack/critest --images tools`` has umoci and skopeo make the same images from these
+layers and configs (:mod:`tests.support.critest_tool_images`).
 """
 
 import os

@@ -205,7 +205,8 @@ async def test_websocket_v5_close_signal_and_base64(server: tuple[StreamingServe
         await c.send(bytes([255, 0]))
         got = [m async for m in c]
     assert got[0] == b"\x01ping"
-    assert got[-3:] == [bytes([255, 1]), b'\x03{"metadata":{},"status":"Success"}', bytes([255, 3])]
+    # no close signal back: client-go's v5 reader does not know it (it logs "Unknown stream" for 255)
+    assert got[-1] == b'\x03{"metadata":{},"status":"Success"}' and not any(m[0] == 255 for m in got)
     async with websockets.connect(
         sc.ws_url(exec_url(srv, ["echo", "b64"])), subprotocols=[Subprotocol("v4.base64.channel.k8s.io")]
     ) as c:
