@@ -24,6 +24,7 @@ import pytest
 from benchmarks.containerd import ContainerdProcess
 from benchmarks.harness import free_subnets, make_cgroup, remove_all_pods, remove_cgroups
 from benchmarks.images import pause_image, write_hosts_toml
+from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 from tests.e2e.harness import CridProcess
 from tests.support.cni_net import Network
@@ -154,6 +155,8 @@ def test_same_filesystem_view_as_containerd(env: Env, name: str) -> None:
         _run_check(theirs, image, ref)  # the checks say what containerd makes of the image
         containerd_view = _sleeping_view(theirs, ref)
         assert pull(env.crid.client, ref) == image.image_id, "crid's pull"
+        # kubelet's image GC counts Image.size: the same number as containerd's for the same image
+        assert _size(env.crid.client, ref) == _size(env.containerd.client, ref), f"Image.size of {name}"
         ours = Pod(env.crid.client, _pod_name("view", name), env.crid.dir)
         try:
             crid_view = _sleeping_view(ours, ref)
@@ -169,6 +172,10 @@ def test_same_filesystem_view_as_containerd(env: Env, name: str) -> None:
     assert not diffs, f"{len(diffs)} differences between crid's and containerd's view of {name}:\n" + "\n".join(
         diffs[:60]
     )
+
+
+def _size(client: CriClient, ref: str) -> int:
+    return int(client.image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=ref))).image.size)
 
 
 # --- the Debian image as a workload -----------------------------------------------------------
