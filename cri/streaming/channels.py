@@ -119,6 +119,7 @@ class ChannelConn:
         else:
             await self.ws.send(bytes([channel]) + data)
 
+
 class ChannelSource:
     def __init__(self, conn: ChannelConn, channel: int) -> None:
         self.conn, self.channel = conn, channel
