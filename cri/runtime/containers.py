@@ -86,6 +86,10 @@ class Containers:
     def persist(self, cid: str) -> str:
         return os.path.join(self.config.root_dir, "containers", cid)
 
+    def attach_dir(self, cid: str) -> str:
+        """Where conmon puts the container's attach socket (its --socket-dir-path/<id>)."""
+        return os.path.join(self.config.state_dir, "attach", cid)
+
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
@@ -345,8 +349,8 @@ class Containers:
         if c.rootfs_mounted:
             podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
             c.rootfs_mounted = False
-        await asyncio.to_thread(shutil.rmtree, self.bundle(c.id), True)
-        await asyncio.to_thread(shutil.rmtree, self.persist(c.id), True)
+        for d in (self.bundle(c.id), self.persist(c.id), self.attach_dir(c.id)):
+            await asyncio.to_thread(shutil.rmtree, d, True)
         self.exits.forget(c.id)
 
     async def remove(self, cid: str) -> None:
@@ -432,7 +436,7 @@ class Containers:
 
     async def attach(self, cid: str, stdio: Stdio) -> None:  # see attach.py for conmon's socket
         c = self._running(cid)
-        sock = os.path.join(self.config.state_dir, "attach", c.id, "attach")
+        sock = os.path.join(self.attach_dir(c.id), "attach")
         await attach_stdio(self.bundle(c.id), sock, stdio, c.config.stdin)
 
     def _running(self, cid: str) -> Container:

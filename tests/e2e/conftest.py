@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import leaks
+from tests.e2e import harness, leaks
 from tests.e2e.harness import CridProcess, is_root
 
 pytestmark = pytest.mark.e2e
@@ -33,8 +33,10 @@ def e2e_base() -> Iterator[Path]:
 @pytest.fixture(scope="module", autouse=True)
 def leak_check(e2e_base: Path) -> Iterator[None]:
     before = leaks.snapshot()
+    harness.LEFTOVERS.clear()
     yield
-    found = leaks.leaks(before, str(e2e_base))
+    found = leaks.leaks(before, str(e2e_base)) + [f"file of a removed pod or container: {f}" for f in harness.LEFTOVERS]
+    harness.LEFTOVERS.clear()
     assert not found, "the module left these behind:\n" + "\n".join(found)
 
 

@@ -7,6 +7,7 @@ issues extend the snapshot as crid learns to create more kinds of things.
 """
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,3 +103,24 @@ def leaks(before: Snapshot, base: str) -> list[str]:
     for proc in sorted(_processes_under(base)):
         found.append(f"process: {proc}")
     return found
+
+
+_ID = re.compile(r"[0-9a-f]{64}")
+# the image store names its files by digests and snapshot numbers, not by pod or container ids
+_NOT_BY_ID = ("content", "snapshots")
+
+
+def daemon_leftovers(root: str, state: str, live: set[str]) -> list[str]:
+    """Files and directories under a daemon's root and state dirs whose name
+    holds the id of a pod or container the daemon no longer has."""
+    found = []
+    for top in (root, state):
+        for dirpath, dirnames, filenames in os.walk(top):
+            if dirpath == root:
+                dirnames[:] = [d for d in dirnames if d not in _NOT_BY_ID]
+            for name in [*dirnames, *filenames]:
+                ids = _ID.findall(name)
+                if ids and not any(i in live for i in ids):
+                    found.append(os.path.join(dirpath, name))
+            dirnames[:] = [d for d in dirnames if not _ID.search(d)]  # one line per leftover tree
+    return sorted(found)

@@ -250,3 +250,23 @@ def test_cli_flags_override_config(daemons: Daemons) -> None:
     d.start()
     assert os.path.exists(alt_socket) and not os.path.exists(d.socket)
     assert not d.log_records("rpc")  # info level: no per-RPC debug lines
+
+
+def test_leak_check_catches_a_planted_leftover(daemons: Daemons) -> None:
+    """The module leak check also fails on files of pods and containers that crid no longer has."""
+    from tests.e2e import harness
+
+    d = daemons.start()
+    gone = "ab" * 32
+    planted = [Path(d.state) / "attach" / gone, Path(d.root) / "containers" / gone / "upper"]
+    for p in planted:
+        p.mkdir(parents=True)
+    (Path(d.state) / "exits" / f"{gone}").parent.mkdir(exist_ok=True)
+    (Path(d.state) / "exits" / f"{gone}").write_text("0")
+    before = len(harness.LEFTOVERS)
+    d.stop()
+    found = harness.LEFTOVERS[before:]
+    del harness.LEFTOVERS[before:]  # planted on purpose: not this module's leak
+    assert sorted(f.split(": ", 1)[1] for f in found) == sorted(
+        [str(planted[0]), str(planted[1].parent), str(Path(d.state) / "exits" / gone)]
+    )
