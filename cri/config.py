@@ -110,6 +110,10 @@ def _default_handlers() -> dict[str, HandlerConfig]:
 class RuntimeConfig(_Section):
     default_handler: str = Field("runc", description="Handler used when a pod names no RuntimeClass handler")
     cgroup_driver: Literal["cgroupfs"] = Field("cgroupfs", description="Cgroup driver (only cgroupfs)")
+    container_events_queue: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Container events queued per GetContainerEvents client; a slow client's oldest are dropped",
+    )  # fmt: skip
     handlers: dict[str, HandlerConfig] = Field(
         default_factory=_default_handlers,
         description="Runtime handlers by RuntimeClass name; listing any replaces this default set",
@@ -199,6 +203,39 @@ class StreamingConfig(_Section):
         return self
 
 
+# ListPodSandboxMetrics groups crid collects (CRI-O's names; its disk, diskIO and hugetlb are not collected)
+POD_METRIC_GROUPS = ("cpu", "memory", "network", "oom", "process", "spec", "pressure")
+
+
+class StatsConfig(_Section):
+    included_pod_metrics: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Metric groups of ListPodSandboxMetrics besides container_last_seen: "
+            + ", ".join(POD_METRIC_GROUPS)
+            + ', or ["all"]; empty (CRI-O\'s default): container_last_seen only'
+        ),
+    )
+
+    @field_validator("included_pod_metrics")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        if "all" in v:
+            if len(v) > 1:
+                raise ValueError('"all" must be the only element of included_pod_metrics')
+            return v
+        for group in v:
+            if group not in POD_METRIC_GROUPS:
+                raise ValueError(f"unknown pod metric group {group!r} (known: {', '.join(POD_METRIC_GROUPS)}, all)")
+        if len(set(v)) != len(v):
+            raise ValueError("included_pod_metrics lists a group twice")
+        return v
+
+    def pod_metric_groups(self) -> tuple[str, ...]:
+        """The groups to collect, "all" spelled out."""
+        return POD_METRIC_GROUPS if self.included_pod_metrics == ["all"] else tuple(self.included_pod_metrics)
+
+
 class Config(_Section):
     root_dir: AbsPath = Field("/var/lib/crid", description="Persistent state: metadata, content, snapshots")
     state_dir: AbsPath = Field("/run/crid", description="Volatile state: runtime root, exit files, netns")
@@ -212,6 +249,7 @@ class Config(_Section):
         default_factory=lambda: StreamingConfig(),
         description="Streaming server for exec, attach and port-forward",
     )
+    stats: StatsConfig = Field(default_factory=lambda: StatsConfig(), description="Pod stats and CRI metrics")
 
     _abs = field_validator("root_dir", "state_dir")(_absolute)
 

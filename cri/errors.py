@@ -40,3 +40,17 @@ class DeadlineExceeded(CridError):
 
 class PermissionDenied(CridError):
     """The caller (or crid, towards a registry) is not allowed to do this."""
+
+
+QUOTE_LIMIT = 128  # characters of user input an error message repeats
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """User input as an error message shows it: quoted (control characters
+    escaped) and cut to ``limit`` characters, so that a huge or hostile value
+    never makes the message itself a problem (gRPC clients refuse error
+    metadata over 16 KiB)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"

@@ -13,9 +13,12 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
+
+from prometheus_client import Counter, Histogram
 
 from cri.cni.cache import CacheEntry, ResultCache, check_pod_id
 from cri.cni.config import ConfigError, ConfigSource, NetworkConfigList, PluginConf, find_plugin, parse_conflist
@@ -25,12 +28,39 @@ from cri.cni.result import ResultError, convert, normalize, pod_ips
 from cri.conditions import Condition
 from cri.errors import CridError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from cri.log import fields
+from cri.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 
 NOT_READY = "NetworkPluginNotReady"
 PROTOCOLS = ("tcp", "udp", "sctp")
 IFNAME_MAX = 15
+
+CNI_SECONDS = Histogram(
+    "crid_cni_operation_duration_seconds",
+    "Time a pod's CNI operation (ADD, DEL, CHECK of the whole plugin chain) took",
+    ["operation"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+CNI_FAILURES = Counter(
+    "crid_cni_operation_failures", "Pod CNI operations (ADD, DEL, CHECK) that failed", ["operation"], registry=REGISTRY
+)
+# resolved once, and present at zero from the start (alerts compare increases)
+_METRICS = {op: (CNI_SECONDS.labels(op), CNI_FAILURES.labels(op)) for op in ("ADD", "DEL", "CHECK")}
+
+
+@contextlib.contextmanager
+def _measured(operation: str) -> Iterator[None]:
+    seconds, failures = _METRICS[operation]
+    started = time.monotonic()
+    try:
+        yield
+    except Exception:  # a cancelled call is not the network's failure
+        failures.inc()
+        raise
+    finally:
+        seconds.observe(time.monotonic() - started)
 
 
 @dataclass(frozen=True)
@@ -319,41 +349,45 @@ class CniManager:
         """
         _check_pod(pod)
         async with self._locks.hold(pod.id):
-            net, bins = await asyncio.to_thread(self._ready_network)
-            old = await self._cache.read(pod.id)
-            if old is not None:
-                log.warning("pod has a CNI attachment already, deleting it before ADD", extra=fields(pod=pod.id))
-                await self._delete(old, pod.netns)
-                await self._cache.remove(pod.id)
-            self._results.pop(pod.id, None)
-            entry = CacheEntry(
-                pod_id=pod.id,
-                conflist=net.raw,
-                source=net.source,
-                ifname=pod.ifname,
-                cni_args=cni_args(pod),
-                capability_args=capability_args(pod, self._pod_cidrs),
-                netns=pod.netns,
-                result=None,
-            )
-            try:
-                await self._cache.write(entry)  # before any plugin runs: a crash mid-ADD still knows what to DEL
-            except OSError as e:
+            with _measured("ADD"):
+                return await self._setup(pod)
+
+    async def _setup(self, pod: PodNetwork) -> NetworkResult:
+        net, bins = await asyncio.to_thread(self._ready_network)
+        old = await self._cache.read(pod.id)
+        if old is not None:
+            log.warning("pod has a CNI attachment already, deleting it before ADD", extra=fields(pod=pod.id))
+            await self._delete(old, pod.netns)
+            await self._cache.remove(pod.id)
+        self._results.pop(pod.id, None)
+        entry = CacheEntry(
+            pod_id=pod.id,
+            conflist=net.raw,
+            source=net.source,
+            ifname=pod.ifname,
+            cni_args=cni_args(pod),
+            capability_args=capability_args(pod, self._pod_cidrs),
+            netns=pod.netns,
+            result=None,
+        )
+        try:
+            await self._cache.write(entry)  # before any plugin runs: a crash mid-ADD still knows what to DEL
+        except OSError as e:
+            raise Unavailable(f"cannot write the CNI cache of pod {pod.id}: {e.strerror}") from None
+        partial: list[dict[str, Any]] = []
+        try:
+            raw = await self._add(net, bins, entry, partial)
+            await self._cache.write(replace(entry, result=raw))
+        except (CridError, OSError) as e:
+            await self._undo(replace(entry, result=partial[-1] if partial else None), pod.netns)
+            if isinstance(e, OSError):
                 raise Unavailable(f"cannot write the CNI cache of pod {pod.id}: {e.strerror}") from None
-            partial: list[dict[str, Any]] = []
-            try:
-                raw = await self._add(net, bins, entry, partial)
-                await self._cache.write(replace(entry, result=raw))
-            except (CridError, OSError) as e:
-                await self._undo(replace(entry, result=partial[-1] if partial else None), pod.netns)
-                if isinstance(e, OSError):
-                    raise Unavailable(f"cannot write the CNI cache of pod {pod.id}: {e.strerror}") from None
-                raise
-            current = normalize(raw, net.cni_version)
-            result = NetworkResult(ips=pod_ips(current, pod.ifname), interfaces=current["interfaces"], raw=raw)
-            self._results[pod.id] = result
-            log.info("pod network added", extra=fields(pod=pod.id, network=net.name, ips=result.ips))
-            return result
+            raise
+        current = normalize(raw, net.cni_version)
+        result = NetworkResult(ips=pod_ips(current, pod.ifname), interfaces=current["interfaces"], raw=raw)
+        self._results[pod.id] = result
+        log.info("pod network added", extra=fields(pod=pod.id, network=net.name, ips=result.ips))
+        return result
 
     async def _undo(self, entry: CacheEntry, netns: str) -> None:
         try:
@@ -378,11 +412,12 @@ class CniManager:
             entry = await self._cache.read(pod_id)
             if entry is None:
                 return
-            await self._delete(entry, netns)
-            try:
-                await self._cache.remove(pod_id)
-            except OSError as e:
-                raise Unavailable(f"cannot remove the CNI cache of pod {pod_id}: {e.strerror}") from None
+            with _measured("DEL"):
+                await self._delete(entry, netns)
+                try:
+                    await self._cache.remove(pod_id)
+                except OSError as e:
+                    raise Unavailable(f"cannot remove the CNI cache of pod {pod_id}: {e.strerror}") from None
             self._results.pop(pod_id, None)
             log.info("pod network deleted", extra=fields(pod=pod_id, network=entry.conflist.get("name")))
 
@@ -405,9 +440,10 @@ class CniManager:
             except ResultError as e:
                 raise FailedPrecondition(f"the cached CNI result of pod {pod_id} is invalid: {e}") from None
             inv = self._invocation("CHECK", entry, netns)
-            for plugin in net.plugins:
-                stdin = plugin_stdin(net, plugin, entry.capability_args, prev)
-                await run_plugin(bins[plugin.type], plugin.type, inv, stdin, self.plugin_timeout)
+            with _measured("CHECK"):
+                for plugin in net.plugins:
+                    stdin = plugin_stdin(net, plugin, entry.capability_args, prev)
+                    await run_plugin(bins[plugin.type], plugin.type, inv, stdin, self.plugin_timeout)
 
     def cached(self, pod_id: str) -> NetworkResult | None:
         """The cached ADD result of a pod (after a restart too); None when it has none or its ADD never finished."""

@@ -11,35 +11,41 @@ import asyncio
 import contextlib
 import ctypes
 import hashlib
-import json
 import logging
 import os
-import platform
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from prometheus_client import Counter, Gauge, Histogram
 
 from cri.config import Config
-from cri.errors import CridError, FailedPrecondition, NotFound, Unavailable
+from cri.errors import CridError, FailedPrecondition, Unavailable
 from cri.images import mediatypes as mt
 from cri.images.auth import Credentials, TokenCache
 from cri.images.content import ContentStore, verify_bytes
 from cri.images.hosts import load_hosts
+from cri.images.manifest import Layer, descriptor, json_object, layers_of, pick_platform, user_of
 from cri.images.metadata import ImageMetadata, ImageRecord, SnapshotRecord, now_ns
+from cri.images.pull_metrics import (
+    ACTIVE,
+    DOWNLOADED_BYTES,
+    LAYERS,
+    PULL_SECONDS,
+    PULLS,
+    PULLS_IN_FLIGHT,
+    SKIPPED_BYTES,
+    Progress,
+)
 from cri.images.reference import HEX64_RE, SHA256_RE, Reference, parse
 from cri.images.registry import Repository
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
 from cri.images.unpack import LayerStats, apply_layer
 from cri.log import fields
-from cri.metrics import REGISTRY
 from cri.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,92 +53,6 @@ log = logging.getLogger(__name__)
 CONFIG_MAX_BYTES = 8 * 1024 * 1024
 _LIBC = ctypes.CDLL(None)
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?[a-f0-9]{1,64}$")
-
-PULLS = Counter("crid_image_pulls", "Image pulls by outcome", ["outcome"], registry=REGISTRY)
-PULL_BYTES = Counter("crid_image_pull_bytes", "Bytes downloaded from registries", registry=REGISTRY)
-PULL_SECONDS = Histogram(
-    "crid_image_pull_duration_seconds",
-    "Duration of successful image pulls",
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
-    registry=REGISTRY,
-)
-PULLS_IN_FLIGHT = Gauge("crid_image_pulls_in_flight", "Image pulls in progress", registry=REGISTRY)
-
-
-def host_platform() -> tuple[str, str, str]:
-    """(os, architecture, variant) in OCI terms."""
-    machine = platform.machine().lower()
-    arch, variant = {
-        "x86_64": ("amd64", ""),
-        "amd64": ("amd64", ""),
-        "aarch64": ("arm64", "v8"),
-        "arm64": ("arm64", "v8"),
-        "armv7l": ("arm", "v7"),
-        "armv6l": ("arm", "v6"),
-        "ppc64le": ("ppc64le", ""),
-        "s390x": ("s390x", ""),
-        "riscv64": ("riscv64", ""),
-    }.get(machine, (machine, ""))
-    return "linux", arch, variant
-
-
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """OCI chain ids: ChainID(n) = sha256(ChainID(n-1) + " " + DiffID(n))."""
-    out: list[str] = []
-    for d in diff_ids:
-        out.append(d if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
-    return out
-
-
-def user_of(config: dict[str, Any]) -> tuple[int | None, str]:
-    """uid or user name from the image config's User (``:group`` ignored)."""
-    user = str((config.get("config") or {}).get("User") or "").split(":", 1)[0]
-    if not user:
-        return None, ""
-    return (int(user), "") if user.isdigit() else (None, user)
-
-
-@dataclass(eq=False)
-class Progress:
-    """When a pull last moved forward; the watchdog cancels it when stuck."""
-
-    last: float = field(default_factory=time.monotonic)
-    busy: int = 0  # work without byte progress (an unpack) in flight
-
-    def tick(self, n: int = 0) -> None:
-        self.last = time.monotonic()
-        if n:
-            PULL_BYTES.inc(n)
-
-
-@dataclass(frozen=True)
-class Layer:
-    digest: str
-    size: int
-    compression: str
-    diff_id: str
-    chain_id: str
-
-
-def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise FailedPrecondition(f"{what} is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise FailedPrecondition(f"{what} is not a JSON object")
-    return doc
-
-
-def _descriptor(d: Any, what: str) -> tuple[str, int, str]:
-    if not isinstance(d, dict):
-        raise FailedPrecondition(f"{what}: descriptor is not an object")
-    digest, size, media = d.get("digest"), d.get("size"), d.get("mediaType", "")
-    if not isinstance(digest, str) or not SHA256_RE.match(digest):
-        raise FailedPrecondition(f"{what}: unsupported or invalid digest {digest!r}")
-    if not isinstance(size, int) or size < 0:
-        raise FailedPrecondition(f"{what} {digest}: invalid size {size!r}")
-    return digest, size, str(media)
 
 
 class Images:
@@ -196,7 +116,8 @@ class Images:
         progress for the configured timeout or when the caller goes away."""
         ref = parse(text)
         started = time.monotonic()
-        progress = Progress()
+        progress = Progress(image=str(ref))
+        ACTIVE.add(progress)
         pinned: set[str] = set()
         self._pinned.append(pinned)
         self._idle.clear()
@@ -222,6 +143,7 @@ class Images:
             await asyncio.wait({job})
             raise
         finally:
+            ACTIVE.discard(progress)
             PULLS_IN_FLIGHT.dec()
             PULLS.labels(outcome).inc()
             self._pinned.remove(pinned)
@@ -240,11 +162,12 @@ class Images:
         hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)
         repo = Repository(self._http(), hosts, ref.domain, ref.path, credentials, self.tokens)
         top = await repo.manifest(ref.object, mt.MANIFEST_ACCEPT, resolve=not ref.digest)
+        DOWNLOADED_BYTES.inc(len(top.body))
         progress.tick()
         top_digest = "sha256:" + hashlib.sha256(top.body).hexdigest()
         if ref.digest and top_digest != ref.digest:
             raise FailedPrecondition(f"manifest {ref.digest}: digest mismatch: content hashes to {top_digest}")
-        doc = _json(top.body, f"manifest of {ref}")
+        doc = json_object(top.body, f"manifest of {ref}")
         media_type = str(doc.get("mediaType") or top.media_type)
         if media_type in mt.SCHEMA1 or doc.get("schemaVersion") == 1:
             raise FailedPrecondition(
@@ -254,30 +177,34 @@ class Images:
         blobs = [top_digest]
         manifest_body, manifest_digest = top.body, top_digest
         if media_type in mt.INDEXES or (not media_type and "manifests" in doc):
-            digest, size, media_type = self._pick_platform(doc, str(ref))
+            digest, size, media_type = pick_platform(doc, str(ref))
             child = await repo.manifest(digest, mt.MANIFEST_ACCEPT, resolve=False, size=size)
+            DOWNLOADED_BYTES.inc(len(child.body))
             progress.tick()
             verify_bytes(child.body, digest, size, "manifest")
             manifest_body, manifest_digest = child.body, digest
-            doc = _json(child.body, f"manifest {digest}")
+            doc = json_object(child.body, f"manifest {digest}")
             media_type = str(doc.get("mediaType") or media_type or child.media_type)
             blobs.append(digest)
         if media_type not in mt.MANIFESTS and not (not media_type and "layers" in doc):
             raise FailedPrecondition(f"{ref}: unsupported manifest media type {media_type!r}")
 
-        config_digest, config_size, config_media = _descriptor(doc.get("config"), f"config of {ref}")
+        config_digest, config_size, config_media = descriptor(doc.get("config"), f"config of {ref}")
         if config_media not in mt.CONFIGS:
             raise FailedPrecondition(f"{ref} is not a container image: its config has media type {config_media!r}")
         if config_size > CONFIG_MAX_BYTES:
             raise FailedPrecondition(f"config {config_digest} is {config_size} bytes, over the limit")
         if self.content.exists(config_digest):
             config_body = self.content.read(config_digest)
+            SKIPPED_BYTES.inc(config_size)
         else:
             config_body = await repo.blob_bytes(config_digest, config_size, CONFIG_MAX_BYTES)
-            progress.tick(len(config_body))
+            DOWNLOADED_BYTES.inc(len(config_body))
+        progress.tick(len(config_body))
         verify_bytes(config_body, config_digest, config_size, "config")
-        config = _json(config_body, f"config {config_digest}")
-        layers = self._layers(doc, config, str(ref))
+        config = json_object(config_body, f"config {config_digest}")
+        layers = layers_of(doc, config, str(ref))
+        progress.size = config_size + sum(lay.size for lay in layers)
         pinned.update([config_digest, *blobs, *(lay.digest for lay in layers), *(lay.chain_id for lay in layers)])
 
         for digest, body in ((top_digest, top.body), (manifest_digest, manifest_body), (config_digest, config_body)):
@@ -307,65 +234,19 @@ class Images:
             self.meta.remove_image(orphan)
         return config_digest
 
-    def _pick_platform(self, index: dict[str, Any], ref: str) -> tuple[str, int, str]:
-        want_os, want_arch, want_variant = host_platform()
-        candidates: list[tuple[int, tuple[str, int, str]]] = []
-        seen = []
-        for entry in index.get("manifests") or []:
-            if not isinstance(entry, dict):
-                continue
-            plat = entry.get("platform") or {}
-            os_name, arch, variant = plat.get("os", ""), plat.get("architecture", ""), plat.get("variant", "")
-            seen.append("/".join(p for p in (os_name, arch, variant) if p))
-            if os_name != want_os or arch != want_arch:
-                continue
-            # an exact variant beats none, which beats another variant
-            score = 2 if variant == want_variant else 1 if not variant else 0
-            if score:
-                candidates.append((score, _descriptor(entry, f"index entry of {ref}")))
-        if not candidates:
-            raise NotFound(
-                f"{ref}: no image for {want_os}/{want_arch}{'/' + want_variant if want_variant else ''} "
-                f"in its index (it has: {', '.join(seen) or 'nothing'})"
-            )
-        candidates.sort(key=lambda c: -c[0])
-        return candidates[0][1]
-
-    def _layers(self, manifest: dict[str, Any], config: dict[str, Any], ref: str) -> list[Layer]:
-        descs = manifest.get("layers")
-        if not isinstance(descs, list):
-            raise FailedPrecondition(f"manifest of {ref} has no layer list")
-        rootfs = config.get("rootfs") or {}
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(descs):
-            raise FailedPrecondition(
-                f"{ref}: the config lists {len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids "
-                f"for {len(descs)} layers"
-            )
-        for d in diff_ids:
-            if not isinstance(d, str) or not SHA256_RE.match(d):
-                raise FailedPrecondition(f"{ref}: invalid diff_id {d!r} in the config")
-        chains = chain_ids(diff_ids)
-        layers = []
-        for i, desc in enumerate(descs):
-            digest, size, media = _descriptor(desc, f"layer {i} of {ref}")
-            compression = mt.LAYERS.get(media)
-            if compression is None:
-                raise FailedPrecondition(f"{ref}: layer {digest} has unsupported media type {media!r}")
-            layers.append(Layer(digest, size, compression, diff_ids[i], chains[i]))
-        return layers
-
     # --- blobs and snapshots ------------------------------------------------------
 
     def _progress_fn(self, digest: str) -> Callable[[int], None]:
         def report(n: int) -> None:
+            DOWNLOADED_BYTES.inc(n)  # once, however many pulls share the download
             for p in self._listeners.get(digest, ()):
-                p.tick(n)
+                p.got(digest, n)
 
         return report
 
     async def _fetch(self, repo: Repository, layer: Layer, limit: asyncio.Semaphore, progress: Progress) -> None:
         if self.content.exists(layer.digest):
+            progress.have(layer.digest, layer.size)
             return
         self._listeners.setdefault(layer.digest, set()).add(progress)
 
@@ -387,6 +268,7 @@ class Images:
 
         try:
             await self._blobs.run(layer.digest, download)
+            progress.have(layer.digest, layer.size)
         finally:
             listeners = self._listeners.get(layer.digest)
             if listeners is not None:
@@ -447,8 +329,14 @@ class Images:
         limit = asyncio.Semaphore(self.config.images.max_concurrent_downloads)
         fetches: dict[int, asyncio.Task[None]] = {}
         for i, layer in enumerate(layers):
-            if not self._snapshot_ready(layer.chain_id) and not self.content.exists(layer.digest):
+            source = "snapshot" if self._snapshot_ready(layer.chain_id) else "content_store"
+            if source == "content_store" and not self.content.exists(layer.digest):
+                source = "registry"
                 fetches[i] = asyncio.ensure_future(self._fetch(repo, layer, limit, progress))
+            else:
+                SKIPPED_BYTES.inc(layer.size)
+                progress.tick(layer.size)
+            LAYERS.labels(source).inc()
         try:
             for i in range(len(layers)):
                 if i in fetches:
@@ -494,7 +382,7 @@ class Images:
         return list(self.meta.images.values())
 
     def config_of(self, image: ImageRecord) -> dict[str, Any]:
-        return _json(self.content.read(image.id), f"config {image.id}")
+        return json_object(self.content.read(image.id), f"config {image.id}")
 
     def snapshot_dirs(self, image: ImageRecord) -> list[str]:
         """The image's layer directories, top-most first."""

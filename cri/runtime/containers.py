@@ -26,7 +26,9 @@ from cri.images.manager import Images
 from cri.log import fields
 from cri.runtime import monitor, podfiles, procs
 from cri.runtime.attach import attach as attach_stdio
+from cri.runtime.container_metrics import count_exit
 from cri.runtime.container_store import Container, ContainerStore, State
+from cri.runtime.events import EventBus, Kind
 from cri.runtime.exec_session import run_exec
 from cri.runtime.exits import ExitWatcher
 from cri.runtime.handlers import Handlers
@@ -62,8 +64,17 @@ def _own_oom_score_adj() -> int:
 
 
 class Containers:
-    def __init__(self, config: Config, store: Store, pods: Pods, images: Images, handlers: Handlers) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        pods: Pods,
+        images: Images,
+        handlers: Handlers,
+        events: EventBus | None = None,
+    ) -> None:
         self.config = config
+        self.events = events if events is not None else EventBus()
         self.handlers = handlers
         self.pods = pods
         self.images = images
@@ -87,7 +98,8 @@ class Containers:
         return os.path.join(self.config.root_dir, "containers", cid)
 
     def attach_dir(self, cid: str) -> str:
-        """Where conmon puts the container's attach socket (its --socket-dir-path/<id>)."""
+        """Where conmon puts the container's attach socket: its --socket-dir-path/<id>,
+        a symlink conmon makes to the bundle dir (keeps the socket path short)."""
         return os.path.join(self.config.state_dir, "attach", cid)
 
     def _lock(self, cid: str) -> asyncio.Lock:
@@ -156,6 +168,7 @@ class Containers:
                 await self._setup(c, sb)
                 c.state = State.CREATED
                 self.store.save(c)
+                self.events.publish(Kind.CREATED, sb, c.id)
         except BaseException as exc:
             log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
             try:
@@ -252,21 +265,26 @@ class Containers:
         sb = self.pods.store.find(c.sandbox_id)
         if sb is None or sb.state != PodState.READY:
             raise FailedPrecondition(f"the pod sandbox of container {c.id} is not ready")
-        async with self._lock(c.id):
-            if c.state != State.CREATED:
-                raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
-            self._event(c.id)
-            started = time.time_ns()
-            await self.pods.runtime(c.handler).run("start", c.id)
-            c.state = State.RUNNING
-            c.started_at = started
-            self.store.save(c)
-        self._on_exit(c.id)  # it may have exited already, before the watch saw it as running
+        try:
+            async with self._lock(c.id):
+                if c.state != State.CREATED:
+                    raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
+                self._event(c.id)
+                started = time.time_ns()
+                await self.pods.runtime(c.handler).run("start", c.id)
+                c.state = State.RUNNING
+                c.started_at = started
+                self.store.save(c)
+                self.events.publish(Kind.STARTED, sb, c.id)
+        finally:
+            self._on_exit(c.id)  # it may have exited already, while `runtime start` ran (see _on_exit)
 
     def _on_exit(self, cid: str) -> None:
         c = self.store.by_id.get(cid)
         if c is None or c.state not in (State.RUNNING, State.CREATED):
             return
+        if c.state == State.CREATED and (lock := self._locks.get(cid)) is not None and lock.locked():
+            return  # being started: start() looks when done, so the exit is never recorded before the start
         found = self.exits.exit_code(cid)
         if found is None:
             return
@@ -293,7 +311,9 @@ class Containers:
             c.reason = "Completed" if code == 0 else "Error"
         self.store.save(c)
         self._event(c.id).set()
+        self.events.publish(Kind.STOPPED, self.pods.store.by_id.get(c.sandbox_id), c.id)
         log.info("container exited", extra=fields(id=c.id, name=c.name, code=c.exit_code, reason=c.reason))
+        count_exit(c.reason)
 
     async def _wait_exit(self, c: Container, seconds: float) -> bool:
         if c.state == State.EXITED:
@@ -349,8 +369,10 @@ class Containers:
         if c.rootfs_mounted:
             podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
             c.rootfs_mounted = False
-        for d in (self.bundle(c.id), self.persist(c.id), self.attach_dir(c.id)):
+        for d in (self.bundle(c.id), self.persist(c.id)):
             await asyncio.to_thread(shutil.rmtree, d, True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.attach_dir(c.id))  # conmon's symlink to the bundle (rmtree refuses links)
         self.exits.forget(c.id)
 
     async def remove(self, cid: str) -> None:
@@ -369,6 +391,7 @@ class Containers:
                 return
             await self._cleanup(c)
             self.store.delete(c)
+            self.events.publish(Kind.DELETED, self.pods.store.by_id.get(c.sandbox_id), c.id)
         self._locks.pop(c.id, None)
         self._exited.pop(c.id, None)
         self._cpu_samples.pop(c.id, None)

@@ -25,6 +25,7 @@ from cri.config import Config
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.log import fields
 from cri.runtime import cgroups, infra, namespaces, podfiles, procs
+from cri.runtime.events import EventBus, Kind
 from cri.runtime.oci import OciRuntime
 from cri.runtime.portforward import forward
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
@@ -150,9 +151,10 @@ class _Steps:
 
 
 class Pods:
-    def __init__(self, config: Config, store: Store, cni: CniManager) -> None:
+    def __init__(self, config: Config, store: Store, cni: CniManager, events: EventBus | None = None) -> None:
         self.config = config
         self.cni = cni
+        self.events = events if events is not None else EventBus()
         self.store = SandboxStore(store)
         self._tasks: dict[str, asyncio.Task[str]] = {}  # reserved name -> RunPodSandbox work
         self._locks: dict[str, asyncio.Lock] = {}
@@ -228,6 +230,8 @@ class Pods:
                 await self._setup(sb, config, opts)
                 sb.state = State.READY
                 self.store.save(sb)
+                self.events.publish(Kind.CREATED, sb)
+                self.events.publish(Kind.STARTED, sb)
         except BaseException as exc:
             log.info("pod sandbox failed, undoing", extra=fields(id=sb.id, name=sb.name, error=str(exc)))
             await self._undo(sb)
@@ -377,9 +381,12 @@ class Pods:
         async with self._lock(sb.id):
             if sb.id not in self.store.by_id:
                 return
+            ready = sb.state == State.READY
             await self._stop_pod(sb)
             sb.state = State.NOTREADY
             self.store.save(sb)
+            if ready:  # a repeated stop changes nothing
+                self.events.publish(Kind.STOPPED, sb)
         log.info("pod sandbox stopped", extra=fields(id=sb.id, name=sb.name))
 
     async def remove(self, sandbox_id: str) -> None:
@@ -395,7 +402,11 @@ class Pods:
             if sb.id not in self.store.by_id:
                 return
             await self._release(sb, final=True)
+            if sb.state == State.READY:  # removed without a stop first: the event stream still tells the stop
+                sb.state = State.NOTREADY
+                self.events.publish(Kind.STOPPED, sb)
             self.store.delete(sb)
+            self.events.publish(Kind.DELETED, sb)
         self._locks.pop(sb.id, None)
         log.info("pod sandbox removed", extra=fields(id=sb.id, name=sb.name))
 
@@ -451,6 +462,7 @@ class Pods:
                     await self._stop_pod(sb)
                 sb.state = State.NOTREADY
                 self.store.save(sb)
+                self.events.publish(Kind.STOPPED, sb)
         # networks cached for pods crid has no record of (a record lost with a failed undo): release them
         for pod_id in set(await self.cni.cached_pods()) - set(self.store.by_id):
             log.info("releasing the network of a pod crid no longer knows", extra=fields(id=pod_id))

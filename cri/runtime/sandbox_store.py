@@ -39,6 +39,8 @@ class Sandbox:
     cgroups: list[str] = field(default_factory=list)  # directories crid created
     network_added: bool = False
     shm: str = ""
+    # UpdatePodSandboxResources: {"overhead", "resources"} as hex LinuxContainerResources
+    pod_resources: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_value(self) -> str:
@@ -60,6 +62,7 @@ class Sandbox:
             "cgroups": self.cgroups,
             "network_added": self.network_added,
             "shm": self.shm,
+            "pod_resources": self.pod_resources,
         }
 
 
@@ -83,6 +86,7 @@ def _load(r: sqlite3.Row, data: dict[str, Any]) -> Sandbox:
         cgroups=data.get("cgroups", []),
         network_added=data.get("network_added", False),
         shm=data.get("shm", ""),
+        pod_resources=data.get("pod_resources", {}),
     )
 
 

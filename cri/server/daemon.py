@@ -18,6 +18,7 @@ from cri.config import Config
 from cri.images.manager import Images
 from cri.log import fields
 from cri.runtime.containers import Containers
+from cri.runtime.events import EventBus
 from cri.runtime.handlers import Handlers
 from cri.runtime.pods import Pods
 from cri.server.image_service import ImageServicer
@@ -25,6 +26,7 @@ from cri.server.listener import Ownership, StartupError, make_dir
 from cri.server.metrics import MetricsServer
 from cri.server.rpc import Gate, service_handler
 from cri.server.runtime_service import RuntimeServicer
+from cri.server.state_metrics import STATE
 from cri.server.stream_backend import DomainBackend
 from cri.server.streaming import StreamingServer
 from cri.store import Store
@@ -39,6 +41,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._ownership = Ownership(config.root_dir, config.grpc.socket)
         self._metrics: MetricsServer | None = None
+        self.events = EventBus(config.runtime.container_events_queue)  # GetContainerEvents' source
 
     def _grpc_server(
         self, images: Images, pods: Pods, containers: Containers, streaming: StreamingServer
@@ -78,11 +81,13 @@ class Daemon:
         store = Store(cfg.root_dir)
         images = Images(cfg, store)
         cni = CniManager(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root_dir, "cni", "results"))
-        pods = Pods(cfg, store, cni)
-        containers = Containers(cfg, store, pods, images, Handlers(cfg))
+        pods = Pods(cfg, store, cni, self.events)
+        containers = Containers(cfg, store, pods, images, Handlers(cfg), self.events)
+        STATE.attach(cfg, self.gate, pods, containers)
         try:
             return await self._serve(images, pods, containers)
         finally:
+            STATE.detach()
             await images.close()
             store.close()
             self._ownership.release(remove_socket=True)
@@ -144,6 +149,7 @@ class Daemon:
         )
 
         await self._stop.wait()
+        self.events.close()  # event streams never end by themselves: end them before the grace period
         await streaming.stop()
         await server.stop(cfg.grpc.shutdown_grace_seconds)
         # work that outlives its RPC (shielded creates, pull cleanup) ends before the store closes

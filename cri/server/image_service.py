@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
@@ -11,6 +12,9 @@ from cri.errors import InvalidArgument
 from cri.images.auth import credentials_from_cri
 from cri.images.manager import Images
 from cri.images.metadata import ImageRecord
+
+# images per StreamImages message: bounded, like the runtime's Stream* calls
+STREAM_CHUNK = 200
 
 
 def image_message(image: ImageRecord) -> pb.Image:
@@ -39,14 +43,22 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
         image_id = await self.images.pull(request.image.image, credentials)
         return pb.PullImageResponse(image_ref=image_id)
 
-    async def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
+    def _listed(self, request: pb.ListImagesRequest | pb.StreamImagesRequest) -> list[ImageRecord]:
         wanted = request.filter.image.image if request.HasField("filter") else ""
         if wanted:
             found = self.images.find(wanted)
-            images = [found] if found is not None else []
-        else:
-            images = self.images.all()
-        return pb.ListImagesResponse(images=[image_message(i) for i in images])
+            return [found] if found is not None else []
+        return self.images.all()
+
+    async def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
+        return pb.ListImagesResponse(images=[image_message(i) for i in self._listed(request)])
+
+    async def StreamImages(
+        self, request: pb.StreamImagesRequest, context: Any
+    ) -> AsyncIterator[pb.StreamImagesResponse]:
+        found = self._listed(request)
+        for i in range(0, len(found), STREAM_CHUNK):
+            yield pb.StreamImagesResponse(images=[image_message(img) for img in found[i : i + STREAM_CHUNK]])
 
     async def ImageStatus(self, request: pb.ImageStatusRequest, context: Any) -> pb.ImageStatusResponse:
         if not request.image.image:

@@ -15,12 +15,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from cri import errors
 from cri.api.v1 import api_pb2
 from cri.log import fields
-from cri.server.metrics import GRPC_DURATION, GRPC_IN_FLIGHT, GRPC_REQUESTS
+from cri.server.metrics import OperationMetrics
+from cri.server.validate import validate
 
 log = logging.getLogger("cri.server.rpc")
 
@@ -36,11 +37,38 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 
+# the longest message a client gets: error texts quote user input cut short (cri.errors.quote);
+# this is the net under that, as gRPC clients refuse error metadata over 16 KiB
+MESSAGE_LIMIT = 2048
+
+
+def _capped(message: str) -> str:
+    return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 30] + f"… ({len(message)} chars)"
+
+
+class Malformed:
+    """A request body that is not the RPC's message (the deserializer's answer
+    instead of an exception, which gRPC would report as UNKNOWN)."""
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name, self.error = type_name, error
+
+
+def _decoder(cls: Any) -> Callable[[bytes], Any]:
+    def decode(body: bytes) -> Any:
+        try:
+            return cls.FromString(body)
+        except DecodeError as exc:
+            return Malformed(cls.DESCRIPTOR.full_name, str(exc))
+
+    return decode
+
+
 def status_for(exc: BaseException, method: str, error_id: str) -> tuple[grpc.StatusCode, str]:
     """The gRPC code and message a client sees for ``exc``."""
     for cls, code in _CODES:
         if isinstance(exc, cls):
-            return code, str(exc)
+            return code, _capped(str(exc))
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by crid yet"
     return grpc.StatusCode.INTERNAL, f"internal error in {method} (error id {error_id}); see the crid log"
@@ -60,14 +88,22 @@ class Gate:
 class _Call:
     """Bookkeeping of one RPC: id, timing, metrics, the final log line."""
 
-    def __init__(self, service: str, method: str) -> None:
-        self.service = service
-        self.method = method
-        self.full = f"{service}.{method}"
+    def __init__(self, full: str, metrics: OperationMetrics) -> None:
+        self.full = full
+        self.metrics = metrics
         self.request_id = uuid.uuid4().hex[:16]
         self.code = grpc.StatusCode.OK
         self.start = time.perf_counter()
-        GRPC_IN_FLIGHT.labels(method).inc()
+        metrics.in_flight.inc()
+
+    def check(self, request: Any) -> None:
+        """Refuse a malformed body or a request that breaks the field rules."""
+        if isinstance(request, Malformed):
+            self.metrics.malformed.inc()
+            log.warning("malformed request", extra=fields(method=self.full, error=request.error[:200]))
+            raise errors.InvalidArgument(f"the request is not a valid {request.type_name} message: {request.error}")
+        if isinstance(request, Message):
+            validate(request)
 
     def failed(self, exc: BaseException) -> tuple[grpc.StatusCode, str]:
         error_id = self.request_id
@@ -82,14 +118,13 @@ class _Call:
 
     def finish(self) -> None:
         elapsed = time.perf_counter() - self.start
-        code = self.code.name
-        GRPC_IN_FLIGHT.labels(self.method).dec()
-        GRPC_REQUESTS.labels(self.service, self.method, code).inc()
-        GRPC_DURATION.labels(self.method).observe(elapsed)
+        self.metrics.finished(self.code, elapsed)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "rpc",
-                extra=fields(method=self.full, request_id=self.request_id, code=code, seconds=round(elapsed, 6)),
+                extra=fields(
+                    method=self.full, request_id=self.request_id, code=self.code.name, seconds=round(elapsed, 6)
+                ),
             )
 
 
@@ -98,10 +133,13 @@ StreamFn = Callable[[Any, Any], AsyncIterator[Message]]
 
 
 def _wrap_unary(service: str, method: str, fn: UnaryFn, gate: Gate) -> UnaryFn:
+    full, metrics = f"{service}.{method}", OperationMetrics(method)
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Message:
-        call = _Call(service, method)
+        call = _Call(full, metrics)
         try:
             gate.check()
+            call.check(request)
             return await fn(request, context)
         except asyncio.CancelledError:
             call.code = grpc.StatusCode.CANCELLED
@@ -117,10 +155,13 @@ def _wrap_unary(service: str, method: str, fn: UnaryFn, gate: Gate) -> UnaryFn:
 
 
 def _wrap_stream(service: str, method: str, fn: StreamFn, gate: Gate) -> StreamFn:
+    full, metrics = f"{service}.{method}", OperationMetrics(method)
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
-        call = _Call(service, method)
+        call = _Call(full, metrics)
         try:
             gate.check()
+            call.check(request)
             async for item in fn(request, context):
                 yield item
         except asyncio.CancelledError:
@@ -149,13 +190,13 @@ def service_handler(service_name: str, servicer: object, gate: Gate) -> grpc.Gen
         if m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(service_name, m.name, fn, gate),
-                request_deserializer=request_cls.FromString,
+                request_deserializer=_decoder(request_cls),
                 response_serializer=response_cls.SerializeToString,
             )
         else:
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(service_name, m.name, fn, gate),
-                request_deserializer=request_cls.FromString,
+                request_deserializer=_decoder(request_cls),
                 response_serializer=response_cls.SerializeToString,
             )
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)

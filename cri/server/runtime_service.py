@@ -17,13 +17,16 @@ from cri.api.v1 import api_pb2_grpc
 from cri.conditions import Condition
 from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument
-from cri.runtime import handlers
+from cri.runtime import handlers, pod_resources
 from cri.runtime.container_store import Container
 from cri.runtime.container_store import State as CState
 from cri.runtime.containers import Containers
 from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox, State
 from cri.runtime.stats import Usage
+from cri.server.events_service import EventsServicer
+from cri.server.messages import container_message, container_status, sandbox_message, sandbox_status
+from cri.server.stats_service import StatsServicer
 from cri.server.streaming import StreamingServer
 
 K = TypeVar("K")
@@ -49,84 +52,6 @@ def _handler_features(h: handlers.RuntimeHandler) -> pb.RuntimeHandlerFeatures:
     )
 
 
-def sandbox_message(sb: Sandbox) -> pb.PodSandbox:
-    return pb.PodSandbox(
-        id=sb.id,
-        metadata=sb.config.metadata,
-        state=pb.SANDBOX_READY if sb.state == State.READY else pb.SANDBOX_NOTREADY,
-        created_at=sb.created_at,
-        labels=sb.config.labels,
-        annotations=sb.config.annotations,
-        runtime_handler=sb.handler,
-    )
-
-
-def sandbox_status(sb: Sandbox) -> pb.PodSandboxStatus:
-    network = pb.PodSandboxNetworkStatus()
-    if sb.ips:
-        network.ip = sb.ips[0]
-        network.additional_ips.extend(pb.PodIP(ip=ip) for ip in sb.ips[1:])
-    opts = sb.config.linux.security_context.namespace_options
-    return pb.PodSandboxStatus(
-        id=sb.id,
-        metadata=sb.config.metadata,
-        state=pb.SANDBOX_READY if sb.state == State.READY else pb.SANDBOX_NOTREADY,
-        created_at=sb.created_at,
-        network=network,
-        linux=pb.LinuxPodSandboxStatus(
-            namespaces=pb.Namespace(options=pb.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc))
-        ),
-        labels=sb.config.labels,
-        annotations=sb.config.annotations,
-        runtime_handler=sb.handler,
-    )
-
-
-_CONTAINER_STATES = {
-    CState.CREATED: pb.CONTAINER_CREATED,
-    CState.RUNNING: pb.CONTAINER_RUNNING,
-    CState.EXITED: pb.CONTAINER_EXITED,
-}
-
-
-def container_message(c: Container) -> pb.Container:
-    return pb.Container(
-        id=c.id,
-        pod_sandbox_id=c.sandbox_id,
-        metadata=c.config.metadata,
-        image=pb.ImageSpec(image=c.image_name),
-        image_ref=c.image_ref,
-        image_id=c.image_id,
-        state=_CONTAINER_STATES.get(c.state, pb.CONTAINER_UNKNOWN),
-        created_at=c.created_at,
-        labels=c.config.labels,
-        annotations=c.config.annotations,
-    )
-
-
-def container_status(c: Container) -> pb.ContainerStatus:
-    return pb.ContainerStatus(
-        id=c.id,
-        metadata=c.config.metadata,
-        state=_CONTAINER_STATES.get(c.state, pb.CONTAINER_UNKNOWN),
-        created_at=c.created_at,
-        started_at=c.started_at,
-        finished_at=c.finished_at,
-        exit_code=c.exit_code,
-        image=pb.ImageSpec(image=c.image_name),
-        image_ref=c.image_ref,
-        image_id=c.image_id,
-        reason=c.reason,
-        message=c.message,
-        labels=c.config.labels,
-        annotations=c.config.annotations,
-        mounts=c.config.mounts,
-        log_path=c.log_path,
-        resources=pb.ContainerResources(linux=pb.LinuxContainerResources.FromString(c.resources)),
-        user=pb.ContainerUser(linux=pb.LinuxContainerUser(uid=c.uid, gid=c.gid, supplemental_groups=c.groups)),
-    )
-
-
 class _Listing(Generic[K, M]):
     """List messages kept per object until its state changes: List calls are
     kubelet's most frequent, and building protobuf messages in Python is most
@@ -149,7 +74,7 @@ class _Listing(Generic[K, M]):
             self._cache = {k: v for k, v in self._cache.items() if k in live}
 
 
-class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, config: Config, pods: Pods, containers: Containers, streaming: StreamingServer) -> None:
         self.config = config
         self.pods = pods
@@ -252,6 +177,7 @@ class RuntimeServicer(api_pb2_grpc.RuntimeServiceServicer):
                     "cgroupsCreated": sb.cgroups,
                     "cniResult": (r.raw if (r := self.pods.cni.cached(sb.id)) is not None else None),
                     "runtimeHandler": sb.handler,
+                    "podResources": pod_resources.describe(sb),
                 }
             )
         return pb.PodSandboxStatusResponse(status=sandbox_status(sb), info=info)

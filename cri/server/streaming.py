@@ -47,6 +47,8 @@ BYTES = Counter(
     registry=REGISTRY,
 )  # fmt: skip
 KINDS = ("exec", "attach", "portforward")
+for _kind in KINDS:  # present at zero from the start
+    SESSIONS.labels(_kind)
 
 
 class Backend(Protocol):
@@ -270,7 +272,7 @@ class StreamingServer:
                 )
             except remotecommand.StreamSetupError as exc:
                 log.info("streaming: stream setup failed", extra=fields(kind=kind, error=str(exc)))
-                return "setup-failed"
+                return "setup_failed"
             stdio = self._counted(streams.stdio, activity)
             status = await self._run_command(kind, request, stdio, session.wait_closed)
             await _close_sinks(stdio)

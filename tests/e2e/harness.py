@@ -5,19 +5,18 @@ base directory, so several can run side by side; its stderr (JSON logs) is
 kept in a file and echoed when a test fails.
 """
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from cri import config as configmod
-from cri.api.v1 import api_pb2 as pb
 from tests.e2e import leaks
 from tests.support.daemon import DaemonProcess, deep_merge
 
@@ -85,27 +84,33 @@ class CridProcess(DaemonProcess):
         """Signal the daemon and wait; returns its exit code. Before a graceful
         stop, files crid left of pods and containers it no longer knows are
         recorded in LEFTOVERS (the e2e leak check fails the module on them)."""
-        if sig != signal.SIGKILL and self.proc is not None and self.proc.poll() is None:
-            self._record_leftovers()
+        graceful = sig != signal.SIGKILL and self.proc is not None and self.proc.poll() is None
         self.close_client()
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise
+        if graceful:
+            self._record_leftovers()
+        return code
 
     def _record_leftovers(self) -> None:
+        """After a graceful stop, the records in crid's database are what it
+        still has (a pod RunPodSandbox finished during the shutdown included)."""
+        db = Path(self.root) / "metadata.db"
+        if not db.exists():
+            return
         try:
-            pods = self.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
-            containers = self.client.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
-        except grpc.RpcError:
-            return  # not answering (starting up, or stuck): its next stop checks again
-        live = {p.id for p in pods} | {c.id for c in containers}
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                live = {row[0] for t in ("sandboxes", "containers") for row in conn.execute(f"SELECT id FROM {t}")}
+        except sqlite3.Error:
+            return  # a daemon that never got as far as its tables
         LEFTOVERS.extend(f"{self.dir}: {path}" for path in leaks.daemon_leftovers(self.root, self.state, live))
 
     def kill(self) -> None:

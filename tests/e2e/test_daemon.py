@@ -86,10 +86,9 @@ def test_runtime_config(crid: CridProcess) -> None:
 @pytest.mark.parametrize(
     ("service", "method", "request_msg"),
     [
-        ("runtime", "Attach", pb.AttachRequest()),
-        ("runtime", "Exec", pb.ExecRequest()),
-        ("runtime", "PodSandboxStats", pb.PodSandboxStatsRequest()),
-        ("runtime", "PortForward", pb.PortForwardRequest()),
+        ("runtime", "CheckpointContainer", pb.CheckpointContainerRequest()),
+        ("runtime", "CheckpointPod", pb.CheckpointPodRequest()),
+        ("runtime", "RestorePod", pb.RestorePodRequest()),
     ],
 )
 def test_unimplemented_rpc_names_itself(crid: CridProcess, service: str, method: str, request_msg: object) -> None:
@@ -98,13 +97,6 @@ def test_unimplemented_rpc_names_itself(crid: CridProcess, service: str, method:
         getattr(stub, method)(request_msg)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert method in err.value.details()
-
-
-def test_unimplemented_streaming_rpc(crid: CridProcess) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        list(crid.client.runtime.GetContainerEvents(pb.GetEventsRequest()))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetContainerEvents" in err.value.details()
 
 
 def test_socket_and_directory_modes(crid: CridProcess) -> None:
@@ -186,24 +178,25 @@ def _sample(text: str, name: str, labels: dict[str, str]) -> float:
 
 
 def test_metrics_count_version_calls(crid: CridProcess) -> None:
-    labels = {"service": "RuntimeService", "method": "Version", "code": "OK"}
-    before = _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels)
+    labels = {"operation": "Version", "code": "OK"}
+    before = _sample(_scrape(crid.metrics_address), "crid_operations_total", labels)
     for _ in range(3):
         crid.client.runtime.Version(pb.VersionRequest())
     text = _scrape(crid.metrics_address)
-    assert _sample(text, "crid_grpc_requests_total", labels) == before + 3
+    assert _sample(text, "crid_operations_total", labels) == before + 3
     assert "crid_build_info{" in text and f'version="{cri.__version__}"' in text
-    assert _sample(text, "crid_grpc_request_duration_seconds_count", {"method": "Version"}) >= 3
-    assert "crid_grpc_requests_in_flight" in text
+    assert _sample(text, "crid_operation_duration_seconds_count", {"operation": "Version"}) >= 3
+    assert 'crid_operations_in_flight{operation="Version"} 0.0' in text
     assert "process_resident_memory_bytes" in text
+    assert "_created" not in text
 
 
 def test_metrics_count_error_codes(crid: CridProcess) -> None:
-    labels = {"service": "RuntimeService", "method": "ContainerStatus", "code": "NOT_FOUND"}
-    before = _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels)
+    labels = {"operation": "ContainerStatus", "code": "NOT_FOUND"}
+    before = _sample(_scrape(crid.metrics_address), "crid_operations_total", labels)
     with pytest.raises(grpc.RpcError):
         crid.client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id="nonexistent"))
-    assert _sample(_scrape(crid.metrics_address), "crid_grpc_requests_total", labels) == before + 1
+    assert _sample(_scrape(crid.metrics_address), "crid_operations_total", labels) == before + 1
 
 
 def test_metrics_can_be_disabled(daemons: Daemons) -> None:

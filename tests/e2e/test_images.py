@@ -465,20 +465,6 @@ def test_sigkill_mid_pull_then_restart(registry: Registry, daemons: Daemons) -> 
         assert big_layer.digest in content_blobs(d)
 
 
-def test_pull_metrics(registry: Registry, crid_img: CridProcess) -> None:
-    import urllib.request
-
-    img = ob.busybox_image("gzip", extra_files={"metrics": b"x"})
-    registry.push("e2e/metrics", "v1", img)
-    pull(crid_img, f"{registry.host}/e2e/metrics:v1")
-    with urllib.request.urlopen(f"http://{crid_img.metrics_address}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    assert 'crid_image_pulls_total{outcome="success"}' in text
-    assert "crid_image_pull_bytes_total" in text
-    assert "crid_image_pull_duration_seconds_bucket" in text
-    assert "crid_image_pulls_in_flight 0.0" in text
-
-
 def test_stalled_registry_hits_the_progress_timeout(daemons: Daemons) -> None:
     with DownMirror("hang") as hang:
         d = daemons.start(images={"pull_progress_timeout_seconds": 1.5})

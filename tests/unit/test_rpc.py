@@ -102,3 +102,32 @@ def test_json_lines() -> None:
     doc = json.loads(JsonFormatter().format(_record("rpc", method="RuntimeService.Version", seconds=0.001)))
     assert doc["msg"] == "rpc" and doc["method"] == "RuntimeService.Version" and doc["level"] == "info"
     assert io.StringIO(JsonFormatter().format(_record("x"))).read().count("\n") == 0
+
+
+async def test_malformed_body_is_invalid_argument_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from cri.api.v1 import api_pb2 as pb
+    from cri.server.metrics import MALFORMED
+    from cri.server.rpc import _decoder
+
+    request = _decoder(pb.ContainerStatusRequest)(b"\x0a\xff\xff\xff\x0fjunk")
+    called = []
+
+    async def never(request: object, context: object) -> Any:
+        called.append(request)
+
+    gate = Gate()
+    gate.open = True
+    before = MALFORMED.labels("Version")._value.get()
+    ctx = FakeContext()
+    with caplog.at_level(logging.WARNING, logger="cri.server.rpc"), pytest.raises(Aborted):
+        await _wrap_unary("RuntimeService", "Version", never, gate)(request, ctx)
+    assert ctx.code == grpc.StatusCode.INVALID_ARGUMENT and not called
+    assert "not a valid runtime.v1.ContainerStatusRequest message" in ctx.details and len(ctx.details) < 300
+    assert MALFORMED.labels("Version")._value.get() == before + 1
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info
+    assert _decoder(pb.ContainerStatusRequest)(b"\x0a\x01x").container_id == "x"  # valid bodies decode
+
+
+def test_error_texts_are_capped() -> None:
+    code, message = status_for(errors.NotFound("x" * 70_000), "RuntimeService.X", "id")
+    assert code == grpc.StatusCode.NOT_FOUND and len(message) <= 2048 and message.endswith("(70000 chars)")
