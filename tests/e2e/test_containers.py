@@ -124,10 +124,15 @@ def log_text(path: Path) -> str:
     return "".join(out)
 
 
+def pod_name(request: pytest.FixtureRequest) -> str:
+    """A pod name (and hostname: RFC 1123) from the test's name, parameters included."""
+    return re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+
+
 @pytest.fixture
 def pod(env: tuple[CridProcess, str, Network], request: pytest.FixtureRequest) -> Iterator[Pod]:
     d, image, _ = env
-    p = Pod(d, image, request.node.name.replace("_", "-")[:40].strip("-").lower())
+    p = Pod(d, image, pod_name(request))
     yield p
     p.remove()
 

@@ -18,7 +18,7 @@ import pytest
 from cri.api.v1 import api_pb2 as pb
 from tests.e2e import test_containers as containers_e2e
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import Pod
+from tests.e2e.test_containers import Pod, pod_name
 from tests.support.cni_net import Network
 
 env = containers_e2e.env  # the daemon, registry and network of this module too
@@ -34,7 +34,7 @@ def _parent() -> str:
 def cg_pod(env: Env, request: pytest.FixtureRequest) -> Iterator[Pod]:
     """A pod with a cgroup of its own (crid creates it, as kubelet would have)."""
     d, image, _ = env
-    p = Pod(d, image, request.node.name.replace("_", "-")[:40].strip("-").lower(), cgroup_parent=_parent())
+    p = Pod(d, image, pod_name(request), cgroup_parent=_parent())
     yield p
     p.remove()
 
