@@ -74,17 +74,24 @@ class Images:
 
     # --- lifecycle -----------------------------------------------------------
 
-    def recover(self) -> None:
+    async def recover(self) -> None:
         """Drop what a killed daemon left half done: ingest files, unpacks in
-        progress, snapshot dirs or rows without their counterpart."""
+        progress, snapshot dirs or rows without their counterpart. The files
+        are dealt with in a thread, the rows here: the database is used from
+        the event loop's thread only."""
+        rows = {s.chain_id: s.num for s in self.meta.snapshots.values()}
+        lost = await asyncio.to_thread(self._recover_files, rows)
+        for chain_id in lost:
+            log.warning("snapshot directory missing; dropping its record", extra=fields(chain_id=chain_id))
+            self.meta.remove_snapshot(chain_id)
+
+    def _recover_files(self, rows: dict[str, int]) -> list[str]:
+        """Clears half-done files; returns the chain ids whose directory is gone."""
         self.content.clear_ingest()
         self.snapshots.clear_tmp()
-        known = {s.num for s in self.meta.snapshots.values()}
-        for num in set(self.snapshots.numbers()) - known:
+        for num in set(self.snapshots.numbers()) - set(rows.values()):
             self.snapshots.remove(num)
-        for snap in list(self.meta.snapshots.values()):
-            if not self.snapshots.exists(snap.num):
-                self.meta.remove_snapshot(snap.chain_id)
+        return [chain_id for chain_id, num in rows.items() if not self.snapshots.exists(num)]
 
     async def drain(self, seconds: float) -> None:
         """At shutdown: wait (bounded) for cancelled pulls to clean up after themselves."""
@@ -424,16 +431,20 @@ class Images:
         for path in doomed:  # big trees: deleted off the event loop
             await loop.run_in_executor(None, shutil.rmtree, path, True)
 
-    def usage(self) -> tuple[int, int]:
-        """(bytes, inodes) used by blobs and snapshots."""
-        used = inodes = 0
+    async def usage(self) -> tuple[int, int]:
+        """(bytes, inodes) used by blobs and snapshots: the snapshot rows are
+        summed here (a pull may change them), the blobs stat'ed in a thread."""
+        used = sum(snap.bytes for snap in self.meta.snapshots.values())
+        inodes = sum(snap.inodes for snap in self.meta.snapshots.values())
+        blob_bytes, blobs = await asyncio.to_thread(self._blob_usage)
+        return used + blob_bytes, inodes + blobs
+
+    def _blob_usage(self) -> tuple[int, int]:
+        used = count = 0
         for digest in self.content.digests():
             try:
                 used += self.content.size(digest)
-                inodes += 1
+                count += 1
             except FileNotFoundError:
                 continue
-        for snap in self.meta.snapshots.values():
-            used += snap.bytes
-            inodes += snap.inodes
-        return used, inodes
+        return used, count

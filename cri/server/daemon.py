@@ -64,7 +64,7 @@ class Daemon:
     async def _recover(self, images: Images, pods: Pods, containers: Containers) -> None:
         """Finish or undo what a killed daemon left half done; RPCs answer
         UNAVAILABLE until this returns."""
-        await asyncio.get_running_loop().run_in_executor(None, images.recover)
+        await images.recover()
         await containers.handlers.probe()
         await containers.recover()
         await pods.recover()

@@ -1,6 +1,5 @@
 """runtime.v1.ImageService: validate, call cri.images, build the reply."""
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -87,7 +86,7 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
         return pb.RemoveImageResponse()
 
     async def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: Any) -> pb.ImageFsInfoResponse:
-        used, inodes = await asyncio.to_thread(self.images.usage)  # stats every blob
+        used, inodes = await self.images.usage()
         usage = pb.FilesystemUsage(
             timestamp=time.time_ns(),
             fs_id=pb.FilesystemIdentifier(mountpoint=self.images.snapshots.dir),

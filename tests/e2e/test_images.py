@@ -5,6 +5,7 @@ to registries the fixtures start on loopback (plain, TLS, Basic, token).
 """
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -463,6 +464,26 @@ def test_sigkill_mid_pull_then_restart(registry: Registry, daemons: Daemons) -> 
         assert status(d, f"{registry.host}/e2e/before:v1").image.id == small.image_id
         assert pull(d, f"{registry.host}/e2e/killed:v1") == big.image_id
         assert big_layer.digest in content_blobs(d)
+
+
+def test_a_lost_snapshot_directory_is_dropped_at_startup(registry: Registry, daemons: Daemons) -> None:
+    """Recovery's own repair case: a snapshot row whose directory is gone. The row is dropped on the
+    event loop's thread (SQLite refuses a connection shared across threads), and a pull unpacks again."""
+    extra = ob.Layer([ob.File("lost-layer", b"x")], "gzip")
+    img = ob.busybox_image("gzip", extra_layers=[extra])
+    registry.push("e2e/lost", "v1", img)
+    ref = f"{registry.host}/e2e/lost:v1"
+    d = daemons.start()
+    pull(d, ref)
+    d.stop()
+    snapshots = sorted((Path(d.root) / "snapshots").glob("[0-9]*"), key=lambda p: int(p.name))
+    shutil.rmtree(snapshots[-1])  # the top layer's
+    d.start()
+    assert status(d, ref).image.id == img.image_id
+    registry.reset_requests()
+    assert pull(d, ref) == img.image_id
+    assert snapshots[-1].exists() or len(list((Path(d.root) / "snapshots").glob("[0-9]*"))) == len(snapshots)
+    assert "unexpected error" not in d.log_text() and "Traceback" not in d.log_text()
 
 
 def test_stalled_registry_hits_the_progress_timeout(daemons: Daemons) -> None:
