@@ -109,7 +109,10 @@ def _default_handlers() -> dict[str, HandlerConfig]:
 
 class RuntimeConfig(_Section):
     default_handler: str = Field("runc", description="Handler used when a pod names no RuntimeClass handler")
-    cgroup_driver: Literal["cgroupfs"] = Field("cgroupfs", description="Cgroup driver (only cgroupfs)")
+    cgroup_driver: Literal["cgroupfs"] = Field(
+        "cgroupfs",
+        description="Cgroup driver, reported to kubelet by RuntimeConfig: only cgroupfs (crid has no systemd driver)",
+    )
     container_events_queue: int = Field(
         1000, ge=1, le=1_000_000,
         description="Container events queued per GetContainerEvents client; a slow client's oldest are dropped",

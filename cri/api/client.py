@@ -23,10 +23,6 @@ class CriClient:
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.image = api_pb2_grpc.ImageServiceStub(self.channel)
 
-    def wait_ready(self, timeout: float) -> None:
-        """Block until the channel connects (raises grpc.FutureTimeoutError)."""
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
-
     def close(self) -> None:
         self.channel.close()
 

@@ -6,7 +6,6 @@ hierarchy, remembers what it created, and removes exactly that when the pod
 goes. Containers get their own cgroups below it from the OCI runtime.
 """
 
-import contextlib
 import errno
 import os
 import time
@@ -107,15 +106,3 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
-
-
-def procs(cgroup_parent: str, root: str = CGROUP_ROOT) -> set[int]:
-    """Pids in the pod's cgroup tree (any hierarchy; for cleanup checks)."""
-    rel = _relative(cgroup_parent)
-    found: set[int] = set()
-    for hierarchy in hierarchies(root):
-        for dirpath, _, files in os.walk(os.path.join(hierarchy, rel)):
-            if "cgroup.procs" in files:
-                with contextlib.suppress(OSError), open(os.path.join(dirpath, "cgroup.procs")) as f:
-                    found.update(int(line) for line in f if line.strip())
-    return found

@@ -551,6 +551,10 @@ class Containers:
         """At shutdown: let CreateContainer work in flight finish (or undo itself)."""
         await drain_tasks(list(self._tasks.values()), seconds)
 
+    def close(self) -> None:
+        """At shutdown, after drain: stop watching for exits (conmon keeps recording them)."""
+        self.exits.close()
+
     async def recover(self) -> None:
         """After a restart: exits that happened meanwhile, half-made containers."""
         self.exits.start()

@@ -3,7 +3,6 @@
 import ctypes
 import errno
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 
@@ -94,7 +93,3 @@ def unmount(path: str) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):
             raise OSError(err, f"umount {path}: {os.strerror(err)}")
-
-
-def remove_tree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)

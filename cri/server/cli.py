@@ -14,7 +14,7 @@ from typing import Any
 import cri
 from cri import config as configmod
 from cri import log as logmod
-from cri.server.listener import StartupError
+from cri.server.ownership import StartupError
 
 
 def _parser() -> argparse.ArgumentParser:

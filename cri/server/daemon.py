@@ -22,8 +22,8 @@ from cri.runtime.events import EventBus
 from cri.runtime.handlers import Handlers
 from cri.runtime.pods import Pods
 from cri.server.image_service import ImageServicer
-from cri.server.listener import Ownership, StartupError, make_dir
 from cri.server.metrics import MetricsServer
+from cri.server.ownership import Ownership, StartupError, make_dir
 from cri.server.rpc import Gate, service_handler
 from cri.server.runtime_service import RuntimeServicer
 from cri.server.state_metrics import STATE
@@ -155,6 +155,7 @@ class Daemon:
         # work that outlives its RPC (shielded creates, pull cleanup) ends before the store closes
         grace = cfg.grpc.shutdown_grace_seconds
         await asyncio.gather(pods.drain(grace), containers.drain(grace), images.drain(grace))
+        containers.close()
         if self._metrics is not None:
             self._metrics.stop()
         log.info("crid stopped")

@@ -129,8 +129,9 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         )
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Any) -> pb.RuntimeConfigResponse:
-        # the config schema admits only cgroupfs until a systemd driver exists
-        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CGROUPFS))
+        # what [runtime] cgroup_driver says (the schema refuses "systemd": crid has no systemd driver)
+        driver = self.config.runtime.cgroup_driver.upper()  # the enum's name: CGROUPFS
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     async def UpdateRuntimeConfig(
         self, request: pb.UpdateRuntimeConfigRequest, context: Any
