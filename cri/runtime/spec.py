@@ -12,68 +12,20 @@ import os
 import posixpath
 import re
 import signal
-import socket
 import stat
 from dataclasses import dataclass
 from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
+from cri.host import CAPABILITIES, HOST
 from cri.runtime import namespaces as podns
 from cri.runtime import seccomp
 from cri.runtime.users import resolve_user
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-CGROUP_ROOT = "/sys/fs/cgroup"
-MOUNTINFO = "/proc/self/mountinfo"
-CAP_LAST_CAP = "/proc/sys/kernel/cap_last_cap"
-SELF_STATUS = "/proc/self/status"
 
-# Linux capability names by number (include/uapi/linux/capability.h)
-CAPABILITIES = (
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-)
 # containerd's and docker's default set (CRI-O's is smaller: no MKNOD, NET_RAW, SYS_CHROOT, AUDIT_WRITE, SETFCAP)
 DEFAULT_CAPS = (
     "CAP_CHOWN",
@@ -163,57 +115,6 @@ class SpecInputs:
     sandbox_id: str = ""  # for the io.kubernetes.cri.sandbox-id annotation
     image_name: str = ""  # for io.kubernetes.cri.image-name; default: the request's image
     rro_supported: bool = False  # whether the handler supports recursive read-only mounts
-
-
-# ---------------------------------------------------------------- host facts (monkeypatched by tests)
-
-
-def cgroup_v2() -> bool:
-    """A pure cgroup v2 host (what containerd calls unified mode)."""
-    return os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers"))
-
-
-def swap_available() -> bool:
-    """containerd's SwapControllerAvailable: without it, no swap limit is set."""
-    if cgroup_v2():
-        try:
-            with open("/proc/self/cgroup") as f:
-                rel = next((line.strip()[3:] for line in f if line.startswith("0::")), "/")
-        except OSError:
-            return False
-        return os.path.exists(os.path.join(CGROUP_ROOT, rel.lstrip("/"), "memory.swap.max"))
-    return os.path.exists(os.path.join(CGROUP_ROOT, "memory", "memory.memsw.limit_in_bytes"))
-
-
-def hugetlb_available() -> bool:
-    if cgroup_v2():
-        try:
-            with open(os.path.join(CGROUP_ROOT, "cgroup.controllers")) as f:
-                return "hugetlb" in f.read().split()
-        except OSError:
-            return False
-    return os.path.isdir(os.path.join(CGROUP_ROOT, "hugetlb"))
-
-
-def known_capabilities() -> list[str]:
-    """Every capability this kernel knows (cap_last_cap)."""
-    try:
-        with open(CAP_LAST_CAP) as f:
-            last = int(f.read().strip())
-    except (OSError, ValueError):
-        last = len(CAPABILITIES) - 1
-    return list(CAPABILITIES[: last + 1])
-
-
-def own_capabilities() -> frozenset[str]:
-    """The capabilities crid holds (CapPrm): runc cannot give a container more."""
-    try:
-        with open(SELF_STATUS) as f:
-            line = next(line for line in f if line.startswith("CapPrm:"))
-        mask = int(line.split()[1], 16)
-    except (OSError, StopIteration, ValueError, IndexError):
-        return frozenset(CAPABILITIES)
-    return frozenset(name for bit, name in enumerate(CAPABILITIES) if mask & (1 << bit))
 
 
 # ---------------------------------------------------------------- signals
@@ -370,8 +271,8 @@ def _capabilities(sc: pb.LinuxContainerSecurityContext) -> dict[str, list[str]]:
     ambient capabilities are asked for. "ALL" in add is every capability the
     kernel knows, "ALL" in drop clears the defaults first, so that
     drop ALL + add X gives exactly X."""
-    known = known_capabilities()
-    own = own_capabilities()
+    known = HOST.known_capabilities()
+    own = HOST.own_capabilities()
     grantable = [c for c in known if c in own]
     if sc.privileged:
         return {"bounding": grantable, "effective": list(grantable), "permitted": list(grantable)}
@@ -429,32 +330,16 @@ def _oom_score_adj(config: pb.ContainerConfig, minimum: int) -> int | None:
 # ---------------------------------------------------------------- mounts
 
 
-def _mount_tags(path: str) -> list[str]:
-    """The optional fields (shared:N, master:N, ...) of the mount holding ``path``."""
-    best: tuple[int, list[str]] | None = None
-    try:
-        with open(MOUNTINFO) as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {MOUNTINFO}: {exc.strerror}") from None
-    for line in lines:
-        fields = line.split()
-        if "-" not in fields or len(fields) < 7:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # mountinfo escapes " " as \040
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= best[0]):
-            best = (len(point), fields[6 : fields.index("-")])
-    if best is None:
-        raise InvalidArgument(f"no mount holds {path}")
-    return best[1]
-
-
 def _check_propagation(src: str, propagation: int) -> None:
     """containerd's ensureShared / ensureSharedOrSlave: the source must already propagate."""
     if propagation == pb.PROPAGATION_PRIVATE:
         return
-    tags = _mount_tags(src)
+    try:
+        tags = HOST.mount_tags(src)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {HOST.mountinfo}: {exc.strerror}") from None
+    if tags is None:
+        raise InvalidArgument(f"no mount holds {src}")
     if any(t.startswith("shared:") for t in tags):
         return
     if propagation == pb.PROPAGATION_HOST_TO_CONTAINER and any(t.startswith("master:") for t in tags):
@@ -466,23 +351,13 @@ def _check_propagation(src: str, propagation: int) -> None:
 def _host_cgroup_options() -> list[str]:
     """Options of the host's cgroup2 mount that a container sharing its cgroup
     namespace must repeat, or the shared superblock would lose them (containerd)."""
-    try:
-        with open(MOUNTINFO) as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == CGROUP_ROOT and "-" in fields:
-                    tail = fields[fields.index("-") + 1 :]
-                    if len(tail) >= 3 and tail[0] == "cgroup2":
-                        return [o for o in tail[2].split(",") if o in ("nsdelegate", "memory_recursiveprot")]
-    except OSError:
-        pass
-    return []
+    return [o for o in HOST.cgroup2_options() if o in ("nsdelegate", "memory_recursiveprot")]
 
 
 def _default_mounts(privileged: bool, cgroupns: bool) -> list[dict[str, Any]]:
     mode = "rw" if privileged else "ro"
     cgroup_opts = ["nosuid", "noexec", "nodev", "relatime", mode]
-    if not cgroupns and cgroup_v2():
+    if not cgroupns and HOST.cgroup_v2():
         cgroup_opts += _host_cgroup_options()
     return [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
@@ -726,13 +601,13 @@ def _apply_resources(out: dict[str, Any], res: pb.LinuxContainerResources) -> di
     limit, swap = res.memory_limit_in_bytes, res.memory_swap_limit_in_bytes
     if limit:
         memory["limit"] = limit
-        if not swap and swap_available():
+        if not swap and HOST.swap_available():
             memory["swap"] = limit  # swap limit = memory limit: no swapping unless asked
-    if swap and swap_available():
+    if swap and HOST.swap_available():
         memory["swap"] = swap
     if memory:
         out["memory"] = memory
-    if len(res.hugepage_limits) and hugetlb_available():
+    if len(res.hugepage_limits) and HOST.hugetlb_available():
         # without the hugetlb controller containerd (tolerate_missing_hugetlb_controller) skips them
         pages = {p["pageSize"]: p for p in out.get("hugepageLimits") or []}
         for h in res.hugepage_limits:
@@ -741,7 +616,7 @@ def _apply_resources(out: dict[str, Any], res: pb.LinuxContainerResources) -> di
             pages[h.page_size] = {"pageSize": h.page_size, "limit": h.limit}
         out["hugepageLimits"] = list(pages.values())
     if res.unified:
-        if not cgroup_v2():
+        if not HOST.cgroup_v2():
             raise InvalidArgument("unified cgroup resources need a cgroup v2 host; this one runs cgroup v1")
         out["unified"] = {**(out.get("unified") or {}), **dict(res.unified)}
     return out
@@ -782,7 +657,7 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> list[dict[str, str]]:
         else:
             out.append({"type": "pid"})
     # containerd: a private cgroup namespace on cgroup v2 only, and not for privileged containers
-    if cgroup_v2() and not privileged:
+    if HOST.cgroup_v2() and not privileged:
         out.append({"type": "cgroup"})
     return out
 
@@ -844,7 +719,7 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
         "terminal": config.tty,
         "user": {"uid": uid, "gid": gid, "additionalGids": gids},
         "args": _args(config, image),
-        "env": _env(config, image, inputs.hostname or socket.gethostname()),
+        "env": _env(config, image, inputs.hostname or HOST.node_name()),
         "cwd": _cwd(config, image),
         "capabilities": caps,
         "noNewPrivileges": sc.no_new_privs,

@@ -13,6 +13,7 @@ import pytest
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
+from cri.host import CAPABILITIES, HOST
 from cri.runtime import spec
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
 
@@ -23,11 +24,11 @@ NAMESPACE_TYPES = {"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "t
 @pytest.fixture(autouse=True)
 def host(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fixed host: cgroup v1 without swap or hugetlb accounting, every capability known and held."""
-    monkeypatch.setattr(spec, "cgroup_v2", lambda: False)
-    monkeypatch.setattr(spec, "swap_available", lambda: False)
-    monkeypatch.setattr(spec, "hugetlb_available", lambda: False)
-    monkeypatch.setattr(spec, "known_capabilities", lambda: list(spec.CAPABILITIES))
-    monkeypatch.setattr(spec, "own_capabilities", lambda: frozenset(spec.CAPABILITIES))
+    monkeypatch.setattr(HOST, "cgroup_v2", lambda: False)
+    monkeypatch.setattr(HOST, "swap_available", lambda: False)
+    monkeypatch.setattr(HOST, "hugetlb_available", lambda: False)
+    monkeypatch.setattr(HOST, "known_capabilities", lambda: list(CAPABILITIES))
+    monkeypatch.setattr(HOST, "own_capabilities", lambda: frozenset(CAPABILITIES))
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ def check_oci(doc: dict[str, Any]) -> None:
     assert isinstance(p.get("oomScoreAdj", 0), int)
     for kind, caps in p["capabilities"].items():
         assert kind in {"bounding", "effective", "permitted", "inheritable", "ambient"}
-        assert all(c in spec.CAPABILITIES for c in caps)
+        assert all(c in CAPABILITIES for c in caps)
     for m in doc["mounts"]:
         assert m["destination"].startswith("/")
         assert isinstance(m["type"], str) and isinstance(m["source"], str)
@@ -529,7 +530,7 @@ def mountinfo(env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         f"4 1 0:3 / {env}/private rw - tmpfs t rw\n"
         f"5 1 0:4 / {env}/sha\\040red rw shared:9 - tmpfs t rw\n"
     )
-    monkeypatch.setattr(spec, "MOUNTINFO", str(path))
+    monkeypatch.setattr(HOST, "mountinfo", str(path))
     return path
 
 
@@ -591,12 +592,12 @@ def test_add_and_drop_any_spelling(env: Path) -> None:
 
 def test_add_all(env: Path) -> None:
     caps = caps_of(env, add_capabilities=["ALL"], drop_capabilities=["CHOWN"])
-    assert set(caps["bounding"]) == set(spec.CAPABILITIES) - {"CAP_CHOWN"}
+    assert set(caps["bounding"]) == set(CAPABILITIES) - {"CAP_CHOWN"}
 
 
 def test_add_all_is_what_the_kernel_knows_and_crid_holds(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec, "known_capabilities", lambda: list(spec.CAPABILITIES[:38]))
-    monkeypatch.setattr(spec, "own_capabilities", lambda: frozenset(spec.CAPABILITIES) - {"CAP_SYS_RESOURCE"})
+    monkeypatch.setattr(HOST, "known_capabilities", lambda: list(CAPABILITIES[:38]))
+    monkeypatch.setattr(HOST, "own_capabilities", lambda: frozenset(CAPABILITIES) - {"CAP_SYS_RESOURCE"})
     caps = caps_of(env, add_capabilities=["all"])
     assert "CAP_SYS_RESOURCE" not in caps["bounding"] and "CAP_BPF" not in caps["bounding"]
     assert len(caps["bounding"]) == 37
@@ -637,16 +638,16 @@ def test_ambient_capabilities(env: Path) -> None:
 def test_privileged_has_every_capability(env: Path) -> None:
     config = cc(linux=sec(privileged=True, capabilities=pb.Capability(drop_capabilities=["ALL"])))
     caps = build(env, config, sandbox=pod(privileged=True))["process"]["capabilities"]
-    assert caps["bounding"] == list(spec.CAPABILITIES) == caps["effective"] == caps["permitted"]
+    assert caps["bounding"] == list(CAPABILITIES) == caps["effective"] == caps["permitted"]
 
 
 def test_host_capability_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()  # the real ones, not the fixture's
-    known = spec.known_capabilities()
+    known = HOST.known_capabilities()
     assert known[:3] == ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH"]
     with open("/proc/sys/kernel/cap_last_cap") as f:
-        assert len(known) == min(int(f.read()) + 1, len(spec.CAPABILITIES))
-    assert spec.own_capabilities() <= frozenset(spec.CAPABILITIES)
+        assert len(known) == min(int(f.read()) + 1, len(CAPABILITIES))
+    assert HOST.own_capabilities() <= frozenset(CAPABILITIES)
 
 
 # ---------------------------------------------------------------- privileged, masked paths, devices
@@ -806,7 +807,7 @@ def test_pid_namespace_modes(env: Path) -> None:
 
 def test_cgroup_namespace_only_on_v2_and_unprivileged(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "cgroup" not in ns_of(build(env))
-    monkeypatch.setattr(spec, "cgroup_v2", lambda: True)
+    monkeypatch.setattr(HOST, "cgroup_v2", lambda: True)
     assert "cgroup" in ns_of(build(env))
     assert "cgroup" not in ns_of(build(env, cc(linux=sec(privileged=True)), sandbox=pod(privileged=True)))
 
@@ -846,7 +847,7 @@ def test_no_resources(env: Path) -> None:
 
 
 def test_swap(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec, "swap_available", lambda: True)
+    monkeypatch.setattr(HOST, "swap_available", lambda: True)
     assert build(env, res(memory_limit_in_bytes=1000))["linux"]["resources"]["memory"] == {"limit": 1000, "swap": 1000}
     memory = build(env, res(memory_limit_in_bytes=1000, memory_swap_limit_in_bytes=3000))["linux"]["resources"][
         "memory"
@@ -857,7 +858,7 @@ def test_swap(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hugepages(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = res(hugepage_limits=[pb.HugepageLimit(page_size="2MB", limit=1 << 30)])
     assert "hugepageLimits" not in build(env, config)["linux"]["resources"]
-    monkeypatch.setattr(spec, "hugetlb_available", lambda: True)
+    monkeypatch.setattr(HOST, "hugetlb_available", lambda: True)
     assert build(env, config)["linux"]["resources"]["hugepageLimits"] == [{"pageSize": "2MB", "limit": 1 << 30}]
     with pytest.raises(InvalidArgument, match="hugepage"):
         build(env, res(hugepage_limits=[pb.HugepageLimit(page_size="2M", limit=1)]))
@@ -867,7 +868,7 @@ def test_unified(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = res(unified={"memory.high": "1000000"})
     with pytest.raises(InvalidArgument, match="cgroup v2"):
         build(env, config)
-    monkeypatch.setattr(spec, "cgroup_v2", lambda: True)
+    monkeypatch.setattr(HOST, "cgroup_v2", lambda: True)
     assert build(env, config)["linux"]["resources"]["unified"] == {"memory.high": "1000000"}
 
 
@@ -883,7 +884,7 @@ def test_cgroups_path(env: Path) -> None:
 
 
 def test_update_resources(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec, "hugetlb_available", lambda: True)
+    monkeypatch.setattr(HOST, "hugetlb_available", lambda: True)
     config = res(
         cpu_shares=512,
         cpu_quota=20000,
