@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
 from cri.host import CAPABILITIES, HOST
 from cri.runtime import spec
-from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
+from cri.runtime.spec import SpecInputs, build_spec, update_resources
 
 DEFAULT_CAPS = list(spec.DEFAULT_CAPS)
 NAMESPACE_TYPES = {"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"}
@@ -964,62 +963,6 @@ def test_root_and_version(env: Path) -> None:
     doc = build(env)
     assert doc["root"] == {"path": str(env / "rootfs"), "readonly": False}
     assert doc["ociVersion"].startswith("1.")
-
-
-# ---------------------------------------------------------------- stop signal
-
-
-@pytest.mark.parametrize(
-    ("raw", "name"),
-    [
-        (None, "SIGTERM"),
-        ("", "SIGTERM"),
-        ("SIGTERM", "SIGTERM"),
-        ("TERM", "SIGTERM"),
-        ("term", "SIGTERM"),
-        ("15", "SIGTERM"),
-        ("9", "SIGKILL"),
-        ("SIGQUIT", "SIGQUIT"),
-        ("SIGIOT", "SIGABRT"),
-        ("SIGRTMIN", "SIGRTMIN"),
-        ("SIGRTMIN+3", "SIGRTMIN+3"),
-        ("RTMAX-2", "SIGRTMAX-2"),
-        ("34", "SIGRTMIN"),
-        ("37", "SIGRTMIN+3"),
-        ("64", "SIGRTMAX"),
-    ],
-)
-def test_stop_signal(raw: str | None, name: str) -> None:
-    assert stop_signal({"config": {"StopSignal": raw}}) == name
-
-
-def test_stop_signal_defaults() -> None:
-    assert stop_signal({}) == "SIGTERM"
-    assert stop_signal({"config": None}) == "SIGTERM"
-
-
-@pytest.mark.parametrize("raw", ["SIGNOPE", "0", "65", "32", "SIGRTMIN-1", "SIGRTMAX+1", "SIGRTMIN+99"])
-def test_stop_signal_invalid(raw: str) -> None:
-    with pytest.raises(InvalidArgument, match="StopSignal"):
-        stop_signal({"config": {"StopSignal": raw}})
-
-
-def test_stop_signal_from_the_request() -> None:
-    image = {"config": {"StopSignal": "SIGQUIT"}}
-    assert stop_signal(image, pb.SIGNAL_SIGUSR1) == "SIGUSR1"
-    assert stop_signal(image, pb.SIGNAL_SIGRTMINPLUS3) == "SIGRTMIN+3"
-    assert stop_signal(image, pb.SIGNAL_SIGRTMAXMINUS1) == "SIGRTMAX-1"
-    assert stop_signal(image, pb.SIGNAL_RUNTIME_DEFAULT) == "SIGQUIT"
-    with pytest.raises(InvalidArgument):
-        stop_signal(image, 999)
-
-
-def test_signal_number() -> None:
-    assert signal_number("SIGTERM") == 15
-    assert signal_number("SIGRTMIN+3") == signal.SIGRTMIN + 3
-    assert signal_number("SIGRTMAX-1") == signal.SIGRTMAX - 1
-    with pytest.raises(InvalidArgument):
-        signal_number("SIGBOGUS")
 
 
 # ---------------------------------------------------------------- runc accepts it (root only)
