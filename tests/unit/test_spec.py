@@ -13,10 +13,12 @@ import pytest
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
 from cri.host import CAPABILITIES, HOST
-from cri.runtime import spec
-from cri.runtime.spec import SpecInputs, build_spec, update_resources
+from cri.runtime.spec.build import DEFAULT_MASKED_PATHS, SpecInputs, build_spec
+from cri.runtime.spec.process import DEFAULT_CAPS as SPEC_DEFAULT_CAPS
+from cri.runtime.spec.process import DEFAULT_PATH
+from cri.runtime.spec.resources import update_resources
 
-DEFAULT_CAPS = list(spec.DEFAULT_CAPS)
+DEFAULT_CAPS = list(SPEC_DEFAULT_CAPS)
 NAMESPACE_TYPES = {"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"}
 
 
@@ -190,7 +192,7 @@ def test_env_order_and_overrides(env: Path) -> None:
 
 def test_env_default_path_and_hostname(env: Path) -> None:
     doc = build(env, cc(), image={"config": {"Cmd": ["sh"]}})
-    assert doc["process"]["env"] == [spec.DEFAULT_PATH, "HOSTNAME=web-0"]
+    assert doc["process"]["env"] == [DEFAULT_PATH, "HOSTNAME=web-0"]
 
 
 def test_env_cri_overrides_hostname_and_path(env: Path) -> None:
@@ -672,7 +674,7 @@ def test_privileged(env: Path) -> None:
 
 def test_default_masked_and_readonly_paths(env: Path) -> None:
     linux = build(env)["linux"]
-    assert linux["maskedPaths"] == list(spec.DEFAULT_MASKED_PATHS)
+    assert linux["maskedPaths"] == list(DEFAULT_MASKED_PATHS)
     assert linux["readonlyPaths"] == ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
     assert {"/proc/kcore", "/proc/keys", "/sys/firmware", "/proc/timer_list"} <= set(linux["maskedPaths"])
 
