@@ -118,6 +118,10 @@ def _cri_mount(m: pb.Mount, rro_supported: bool, linux: dict[str, Any]) -> dict[
             )
         if not rro_supported:
             raise InvalidArgument("recursive read-only mounts are not supported by this runtime handler")
+    extra = list(m.mount_options)
+    for opt in extra:  # before a missing source is created: a refused mount leaves nothing behind
+        if opt not in _MOUNT_OPTIONS:
+            raise InvalidArgument(f"mount option {opt!r} is not allowed (mount at {m.container_path})")
     src = m.host_path
     if not os.path.exists(src):
         # containerd creates a missing host path as a directory (kubelet relies on it for some volumes)
@@ -135,10 +139,6 @@ def _cri_mount(m: pb.Mount, rro_supported: bool, linux: dict[str, Any]) -> dict[
     access = "rw"
     if m.readonly:
         access = "rro" if m.recursive_read_only else "ro"
-    extra = list(m.mount_options)
-    for opt in extra:
-        if opt not in _MOUNT_OPTIONS:
-            raise InvalidArgument(f"mount option {opt!r} is not allowed (mount at {m.container_path})")
     return _bind(src, posixpath.normpath(m.container_path), ["rbind", prop, access, *extra])
 
 
