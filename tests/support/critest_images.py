@@ -4,7 +4,7 @@ critest pulls canonical names (``registry.k8s.io/e2e-test-images/busybox:1.29-2`
 ``gcr.io/k8s-staging-cri-tools/test-image-*``, ...) through the runtime. Offline, a
 local registry holds look-alikes under the same repository paths and tags, and the
 runtime's ``hosts.toml`` files send each upstream registry there. Each image does
-what the specs check (see /work/shared/CRITEST.md), nothing more:
+what the specs check (docs/CRITEST-RESULTS.md lists them), nothing more:
 
 - the default test image (``busybox:1.29-2``): Debian's *dynamic* busybox with its
   glibc libraries, every applet a hard link (masking ``/bin/ls`` must not mask
