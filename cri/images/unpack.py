@@ -24,6 +24,7 @@ and containerd accept them), are accepted; a member cut short is not.
 """
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -38,7 +39,7 @@ from typing import IO
 import zstandard
 from isal import igzip_lib, igzip_threaded
 
-from cri.errors import FailedPrecondition
+from cri.errors import CridError, FailedPrecondition, ResourceExhausted
 from cri.log import fields
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
 # padding of a last member plus the two zero blocks: what a stream may lack at its end
 _END_OF_ARCHIVE = tarfile.BLOCKSIZE - 1 + 2 * tarfile.BLOCKSIZE
 _SYMLINK_DEPTH = 40  # as the kernel's limit on nested symlinks
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -176,7 +178,10 @@ class _Applier:
         self.target = target
         self.lowers = lowers  # top-most first
         self.cancel = cancel
-        self.dirs: list[tuple[str, tarfile.TarInfo]] = []
+        # directories whose metadata is set at the end (their entries would change their mtimes):
+        # kept as components, opened again without following any link (a later entry may have
+        # replaced one with a symlink)
+        self.dirs: list[tuple[list[str], tarfile.TarInfo]] = []
         self.bytes = 0
         self.inodes = 0
 
@@ -286,14 +291,18 @@ class _Applier:
     # --- metadata ----------------------------------------------------------
 
     @staticmethod
-    def _xattrs(path: str, member: tarfile.TarInfo) -> None:
+    def _xattrs(path: str | int, member: tarfile.TarInfo) -> None:
         for key, value in member.pax_headers.items():
             if not key.startswith(_XATTR_PAX):
                 continue
             name = key[len(_XATTR_PAX) :]
             if name.startswith(_ALLOWED_XATTR_PREFIXES):
                 try:
-                    os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+                    value_bytes = value.encode("utf-8", "surrogateescape")
+                    if isinstance(path, int):
+                        os.setxattr(path, name, value_bytes)
+                    else:
+                        os.setxattr(path, name, value_bytes, follow_symlinks=False)
                 except OSError as exc:
                     raise FailedPrecondition(
                         f"layer entry {member.name!r}: cannot set xattr {name}: {exc.strerror}"
@@ -337,19 +346,47 @@ class _Applier:
         for member in tar:
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled()
-            self._entry(member, tar)
+            try:
+                self._entry(member, tar)
+            except FailedPrecondition:
+                raise
+            except OSError as exc:
+                raise _entry_error(member.name, exc) from None
             # the member's header and data (all read by now) must be real bytes, not the end's zeros
             if reader.end is not None and tar.fileobj is not None and tar.fileobj.tell() > reader.end:
                 raise FailedPrecondition(f"layer entry {member.name!r} is cut short: the layer stream ends inside it")
-        for path, member in reversed(self.dirs):  # deepest last-made first: children no longer change mtimes
-            self._meta(path, member)
+        for parts, member in reversed(self.dirs):  # deepest last-made first: children no longer change mtimes
+            self._dir_meta(parts, member)
+
+    def _dir_meta(self, parts: list[str], member: tarfile.TarInfo) -> None:
+        """A directory's owner, mode, xattrs and times, through a file descriptor
+        reached one component at a time with O_NOFOLLOW: a directory the layer
+        replaced later (by a symlink, a file, a whiteout) gets nothing, and
+        nothing outside the snapshot is ever touched."""
+        fd = os.open(self.target, _DIR_FLAGS)
+        try:
+            for comp in parts:
+                try:
+                    nxt = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        return  # no longer a directory of this layer
+                    raise
+                os.close(fd)
+                fd = nxt
+            os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid bits
+            self._xattrs(fd, member)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
 
     def _entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         entry = member.name
         parts = _clean(entry, entry)
         if not parts:
             if member.isdir():
-                self.dirs.append((self.target, member))
+                self.dirs.append(([], member))
             return
         base = parts[-1]
         if base == OPAQUE:
@@ -379,7 +416,7 @@ class _Applier:
                 self._remove(path)
                 os.mkdir(path, 0o700)
                 self.inodes += 1
-            self.dirs.append((path, member))
+            self.dirs.append((parts, member))
             return
         self._remove(path)
         if member.isreg():
@@ -397,6 +434,16 @@ class _Applier:
             raise UnsafeLayer(f"layer entry {entry!r} has an unsupported type {member.type!r}")
         self.inodes += 1
         self._meta(path, member)
+
+
+def _entry_error(entry: str, exc: OSError) -> CridError:
+    """A system call refused an entry: a full disk is a resource limit, anything
+    else (a name past NAME_MAX or PATH_MAX, a link where a directory must be)
+    a layer crid cannot apply. Either way the message names the entry."""
+    what = f"layer entry {entry[:200]!r}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(f"{what}: no space left for the image")
+    return FailedPrecondition(f"{what} (the layer cannot be applied)")
 
 
 def apply_layer(

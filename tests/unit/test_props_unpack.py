@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import assume, event, example, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from cri.errors import FailedPrecondition
@@ -279,39 +279,7 @@ def check_layer(deep: tuple[str, str], layer: list[E], lower_layers: list[list[L
             raise AssertionError(f"neither success nor FailedPrecondition: {error!r}") from error
 
 
-# --- a known escape, kept out of the main property (see the xfail test)
-
-
-def _parts(name: str) -> list[str] | None:
-    """A member name's components inside the root, None when it climbs out (as the unpacker cleans it)."""
-    parts: list[str] = []
-    for comp in name.replace(JAIL, "/jail").split("/"):
-        if comp == "..":
-            if not parts:
-                return None
-            parts.pop()
-        elif comp not in ("", "."):
-            parts.append(comp)
-    return parts
-
-
-def replaces_a_dir_of_its_own(layer: list[E]) -> bool:
-    """A dir entry, then a later entry that puts a link at it or anything but a dir at one of its parents."""
-    for i, d in enumerate(layer):
-        dp = _parts(d.name)
-        if d.kind != "dir" or not dp:
-            continue
-        for later in layer[i + 1 :]:
-            lp, kind = _parts(later.name), later.kind
-            if not lp or lp[-1].startswith(".wh..wh."):
-                continue  # climbs out (refused), the root, or opaque/aufs markers (nothing replaced)
-            if lp[-1].startswith(".wh."):
-                lp, kind = [*lp[:-1], lp[-1][4:]], "whiteout"
-            elif kind == "dir":
-                continue
-            if lp == dp[: len(lp)] and (len(lp) < len(dp) or kind in ("symlink", "hardlink")):
-                return True
-    return False
+# --- directories a layer replaces later (deferred metadata once went through such links)
 
 
 @st.composite
@@ -346,18 +314,9 @@ def layers_replacing_a_dir(draw: st.DrawFn) -> list[E]:
 def test_random_layers_stay_inside_the_snapshot(
     deep: tuple[str, str], layer: list[E], lower_layers: list[list[L]]
 ) -> None:
-    if replaces_a_dir_of_its_own(layer):
-        return  # the deferred-metadata escape of the xfail test below
     check_layer(deep, layer, lower_layers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: unpack._Applier.apply sets every directory's owner, mode and times after the last "
-    "entry, by path: when a later entry of the same layer replaced the dir (or a parent) with a symlink, "
-    "os.chmod follows it and lchown/utime go through the parent symlink, outside the snapshot; replaced by "
-    "a file or removed, it raises NotADirectoryError/FileNotFoundError instead of FailedPrecondition",
-)
 @given(layers_replacing_a_dir(), lowers)
 @example([E("dir", "d", mode=0o700), E("symlink", "d", f"{JAIL}/outside/keep")], [])
 @example([E("dir", "a/sub"), E("symlink", "a", f"{JAIL}/outside")], [])
@@ -383,17 +342,10 @@ def layers_with_a_long_name(draw: st.DrawFn) -> list[E]:
     return [*layer[:i], e, *layer[i:]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: unpack does not turn ENAMETOOLONG into FailedPrecondition: an entry name with a "
-    "component over 255 bytes, a path over 4096 or a symlink target over 4095 raises a bare OSError "
-    "(apply_layer re-raises OSErrors that carry a file name), which PullImage answers as INTERNAL",
-)
 @given(layers_with_a_long_name(), lowers)
 @example([E("file", "n" * 256)], [])
 @example([E("symlink", "s", "t" * 4096)], [])
 def test_names_past_the_kernel_limits_are_refused(
     deep: tuple[str, str], layer: list[E], lower_layers: list[list[L]]
 ) -> None:
-    assume(not replaces_a_dir_of_its_own(layer))
     check_layer(deep, layer, lower_layers)
