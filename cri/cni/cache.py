@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from cri import faults
 from cri.errors import FailedPrecondition, InvalidArgument
 
 KIND = "cridCniCacheV1"
@@ -105,6 +106,7 @@ class ResultCache:
                 json.dump(entry.to_json(), f)
                 f.flush()
                 os.fsync(f.fileno())
+            faults.step("RunPodSandbox.cni_cache_half_written")
             os.rename(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
