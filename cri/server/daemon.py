@@ -68,6 +68,7 @@ class Daemon:
         await containers.handlers.probe()
         await containers.recover()
         await pods.recover()
+        await images.gc()  # blobs and snapshots of a pull cut short, which no image holds
 
     def request_stop(self, signame: str) -> None:
         log.info("shutting down", extra=fields(signal=signame))
