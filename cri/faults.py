@@ -31,6 +31,7 @@ STEPS = (
     "PullImage.snapshot_recorded",
     "PullImage.image_recorded",
     "RunPodSandbox.recorded",
+    "RunPodSandbox.cgroups_planned",
     "RunPodSandbox.cgroups_made",
     "RunPodSandbox.cgroups_recorded",
     "RunPodSandbox.namespaces_recorded",

@@ -263,6 +263,9 @@ class Pods:
         os.makedirs(state, mode=0o711, exist_ok=True)
         hostnet = opts.network == pb.NODE
         if config.linux.cgroup_parent:
+            sb.cgroups = cgroups.planned(config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            self.store.save(sb)  # before making them, as the namespaces below: recovery removes them if we die midway
+            faults.step("RunPodSandbox.cgroups_planned")
             sb.cgroups = await asyncio.to_thread(cgroups.ensure, config.linux.cgroup_parent, self._cgroups_in_use(sb))
             faults.step("RunPodSandbox.cgroups_made")
             self.store.save(sb)
