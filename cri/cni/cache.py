@@ -126,6 +126,17 @@ class ResultCache:
             return []
         return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and POD_ID_RE.match(n[:-5]))
 
+    def clear_tmp_sync(self) -> None:
+        """Remove the tmp files of writes a killed daemon left half done (they are never read)."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.dir, name))
+
     def _sync_dir(self) -> None:
         # the rename or unlink itself must survive a power loss too
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)

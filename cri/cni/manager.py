@@ -470,6 +470,10 @@ class CniManager:
         self._results[pod_id] = result
         return result
 
+    async def clear_partial_writes(self) -> None:
+        """At startup, before anything writes the cache: drop what a killed daemon's writes left."""
+        await asyncio.to_thread(self._cache.clear_tmp_sync)
+
     async def cached_pods(self) -> list[str]:
         """Ids of the pods with a cache entry (finished or not): what recovery may need to tear down."""
         return await self._cache.pod_ids()

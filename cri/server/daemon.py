@@ -67,6 +67,7 @@ class Daemon:
         await asyncio.get_running_loop().run_in_executor(None, images.recover)
         await containers.handlers.probe()
         await containers.recover()
+        await pods.cni.clear_partial_writes()
         await pods.recover()
         await images.gc()  # blobs and snapshots of a pull cut short, which no image holds
 
