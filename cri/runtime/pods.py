@@ -406,12 +406,16 @@ class Pods:
             if sb.id not in self.store.by_id:
                 return
             ready = sb.state == State.READY
-            await self._stop_pod(sb)
-            sb.state = State.NOTREADY
+            sb.state = State.NOTREADY  # recorded first: a stop cut short (a crash, a failed step) is not ready
             self.store.save(sb)
             faults.step("StopPodSandbox.notready_recorded")
-            if ready:  # a repeated stop changes nothing
-                self.events.publish(Kind.STOPPED, sb)
+            try:
+                await self._stop_pod(sb)
+            finally:
+                self.store.save(sb)  # what the teardown undid, all of it or not
+                faults.step("StopPodSandbox.teardown_recorded")
+                if ready:  # a repeated stop changes nothing
+                    self.events.publish(Kind.STOPPED, sb)
         log.info("pod sandbox stopped", extra=fields(id=sb.id, name=sb.name))
 
     async def remove(self, sandbox_id: str) -> None:
