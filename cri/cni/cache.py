@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from cri import faults
 from cri.errors import FailedPrecondition, InvalidArgument
 
 KIND = "cridCniCacheV1"
@@ -105,6 +106,7 @@ class ResultCache:
                 json.dump(entry.to_json(), f)
                 f.flush()
                 os.fsync(f.fileno())
+            faults.step("RunPodSandbox.cni_cache_half_written")
             os.rename(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -123,6 +125,17 @@ class ResultCache:
         except FileNotFoundError:
             return []
         return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and POD_ID_RE.match(n[:-5]))
+
+    def clear_tmp_sync(self) -> None:
+        """Remove the tmp files of writes a killed daemon left half done (they are never read)."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.dir, name))
 
     def _sync_dir(self) -> None:
         # the rename or unlink itself must survive a power loss too

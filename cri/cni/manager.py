@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from cri import faults
 from cri.cni.cache import CacheEntry, ResultCache, check_pod_id
 from cri.cni.config import ConfigError, ConfigSource, NetworkConfigList, PluginConf, find_plugin, parse_conflist
 from cri.cni.config import version_tuple as _version
@@ -372,11 +373,13 @@ class CniManager:
         )
         try:
             await self._cache.write(entry)  # before any plugin runs: a crash mid-ADD still knows what to DEL
+            faults.step("RunPodSandbox.cni_cache_written")
         except OSError as e:
             raise Unavailable(f"cannot write the CNI cache of pod {pod.id}: {e.strerror}") from None
         partial: list[dict[str, Any]] = []
         try:
             raw = await self._add(net, bins, entry, partial)
+            faults.step("RunPodSandbox.cni_added")
             await self._cache.write(replace(entry, result=raw))
         except (CridError, OSError) as e:
             await self._undo(replace(entry, result=partial[-1] if partial else None), pod.netns)
@@ -414,6 +417,7 @@ class CniManager:
                 return
             with _measured("DEL"):
                 await self._delete(entry, netns)
+                faults.step("StopPodSandbox.cni_deleted")
                 try:
                     await self._cache.remove(pod_id)
                 except OSError as e:
@@ -465,6 +469,10 @@ class CniManager:
         result = NetworkResult(pod_ips(current, entry.ifname), current["interfaces"], entry.result)
         self._results[pod_id] = result
         return result
+
+    async def clear_partial_writes(self) -> None:
+        """At startup, before anything writes the cache: drop what a killed daemon's writes left."""
+        await asyncio.to_thread(self._cache.clear_tmp_sync)
 
     async def cached_pods(self) -> list[str]:
         """Ids of the pods with a cache entry (finished or not): what recovery may need to tear down."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from cri import faults
 from cri.config import Config
 from cri.errors import CridError, FailedPrecondition, Unavailable
 from cri.images import mediatypes as mt
@@ -216,6 +217,7 @@ class Images:
 
         for digest, body in ((top_digest, top.body), (manifest_digest, manifest_body), (config_digest, config_body)):
             await asyncio.to_thread(self.content.put_bytes, digest, body)  # fsync: off the event loop
+        faults.step("PullImage.config_stored")
         await self._unpack_all(repo, layers, progress)
 
         uid, username = user_of(config)
@@ -237,6 +239,7 @@ class Images:
         # name:tag@digest pulls by digest and records only the digest, as containerd does
         tag = "" if ref.digest else ref.tagged_name
         orphans = self.meta.put_image(image, tag, ref.with_digest(top_digest))
+        faults.step("PullImage.image_recorded")
         for orphan in orphans:
             self.meta.remove_image(orphan)
         return config_digest
@@ -266,6 +269,7 @@ class Images:
                 try:
                     await repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
                     await ingest.commit()
+                    faults.step("PullImage.layer_fetched")
                 finally:
                     ingest.discard()
                 log.debug(
@@ -325,10 +329,12 @@ class Images:
             )
             num = self.meta.next_snapshot_num()
             self.snapshots.commit(tmp, num)
+            faults.step("PullImage.snapshot_committed")
             parent = layers[i - 1].chain_id if i else None
             self.meta.put_snapshot(
                 SnapshotRecord(layer.chain_id, num, parent, layer.diff_id, stats.bytes, stats.inodes)
             )
+            faults.step("PullImage.snapshot_recorded")
 
         await self._unpacks.run(layer.chain_id, unpack)
 

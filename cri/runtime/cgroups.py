@@ -48,6 +48,21 @@ def _inherit_cpuset(path: str) -> None:
                 f.write(value)
 
 
+def planned(cgroup_parent: str, shared: AbstractSet[str] = frozenset(), root: str = CGROUP_ROOT) -> list[str]:
+    """What ``ensure`` would own if run now (parents before children): crid
+    records it before making the directories, so that recovery removes them
+    if crid dies in between. Directories missing from it are fine to remove."""
+    rel = _relative(cgroup_parent)
+    out: list[str] = []
+    for hierarchy in hierarchies(root) if rel else []:
+        path = hierarchy
+        for part in rel.split("/"):
+            path = os.path.join(path, part)
+            if path in shared or not os.path.isdir(path):
+                out.append(path)
+    return out
+
+
 def ensure(cgroup_parent: str, shared: AbstractSet[str] = frozenset(), root: str = CGROUP_ROOT) -> list[str]:
     """Create the missing directories of ``cgroup_parent`` in every hierarchy.
 

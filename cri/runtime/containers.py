@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.config import Config
 from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
@@ -156,6 +157,7 @@ class Containers:
             resources=config.linux.resources.SerializeToString(),
         )
         self.store.add(c)
+        faults.step("CreateContainer.recorded")
         task = asyncio.ensure_future(self._create(c, sb))
         self._tasks[name] = task
         task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
@@ -168,6 +170,7 @@ class Containers:
                 await self._setup(c, sb)
                 c.state = State.CREATED
                 self.store.save(c)
+                faults.step("CreateContainer.created_recorded")
                 self.events.publish(Kind.CREATED, sb, c.id)
         except BaseException as exc:
             log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
@@ -198,7 +201,9 @@ class Containers:
         )  # the container's "/" takes this mode: users other than root enter it
         c.rootfs_mounted = True  # recorded first: recovery unmounts if we die midway
         self.store.save(c)
+        faults.step("CreateContainer.rootfs_recorded")
         await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
+        faults.step("CreateContainer.rootfs_mounted")
         image_config = self.images.config_of(image)
         opts = sb.config.linux.security_context.namespace_options
         pid_ns = ""
@@ -257,6 +262,7 @@ class Containers:
             ),
         )
         c.pid_start = procs.start_time(c.pid)
+        faults.step("CreateContainer.runtime_created")
 
     # --- start, exit --------------------------------------------------------------------
 
@@ -272,9 +278,11 @@ class Containers:
                 self._event(c.id)
                 started = time.time_ns()
                 await self.pods.runtime(c.handler).run("start", c.id)
+                faults.step("StartContainer.started")
                 c.state = State.RUNNING
                 c.started_at = started
                 self.store.save(c)
+                faults.step("StartContainer.running_recorded")
                 self.events.publish(Kind.STARTED, sb, c.id)
         finally:
             self._on_exit(c.id)  # it may have exited already, while `runtime start` ran (see _on_exit)
@@ -310,6 +318,7 @@ class Containers:
         else:
             c.reason = "Completed" if code == 0 else "Error"
         self.store.save(c)
+        faults.step("StopContainer.exit_recorded")
         self._event(c.id).set()
         self.events.publish(Kind.STOPPED, self.pods.store.by_id.get(c.sandbox_id), c.id)
         log.info("container exited", extra=fields(id=c.id, name=c.name, code=c.exit_code, reason=c.reason))
@@ -336,10 +345,12 @@ class Containers:
             if timeout > 0:
                 with contextlib.suppress(FailedPrecondition):
                     await runtime.kill(c.id, str(signal_number(c.stop_signal)))  # runc knows no RT signal names
+                faults.step("StopContainer.signalled")
                 if await self._wait_exit(c, timeout):
                     return
             with contextlib.suppress(FailedPrecondition):
                 await runtime.kill(c.id, "KILL")
+            faults.step("StopContainer.killed")
         except NotFound:
             # the runtime does not know it (its state is gone, e.g. after a reboot): nothing left to stop
             self._on_exit(c.id)
@@ -362,6 +373,7 @@ class Containers:
         runtime = self.pods.runtime(c.handler)
         with contextlib.suppress(NotFound, FailedPrecondition):
             await runtime.delete(c.id)
+        faults.step("RemoveContainer.runtime_deleted")
         conmon = monitor.conmon_pid(self.bundle(c.id))
         if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
             with contextlib.suppress(ProcessLookupError):
@@ -369,6 +381,7 @@ class Containers:
         if c.rootfs_mounted:
             podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
             c.rootfs_mounted = False
+            faults.step("RemoveContainer.rootfs_unmounted")
         for d in (self.bundle(c.id), self.persist(c.id)):
             await asyncio.to_thread(shutil.rmtree, d, True)
         with contextlib.suppress(FileNotFoundError):
@@ -392,6 +405,7 @@ class Containers:
             await self._cleanup(c)
             self.store.delete(c)
             self.events.publish(Kind.DELETED, self.pods.store.by_id.get(c.sandbox_id), c.id)
+            faults.step("RemoveContainer.record_deleted")
         self._locks.pop(c.id, None)
         self._exited.pop(c.id, None)
         self._cpu_samples.pop(c.id, None)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 
+from cri import faults
 from cri.runtime.oci import OciRuntime
 
 CATATONIT = "/usr/bin/catatonit"
@@ -92,4 +93,5 @@ def _read(path: str) -> str:
 async def stop(runtime: OciRuntime, container_id: str) -> None:
     """Kill and delete the infra container; idempotent."""
     await runtime.kill(container_id, "KILL")
+    faults.step("StopPodSandbox.infra_killed")
     await runtime.delete(container_id)

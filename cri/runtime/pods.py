@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.cni import CniManager, PodNetwork, PortMapping
 from cri.config import Config
@@ -216,6 +217,7 @@ class Pods:
             config=config,
         )
         self.store.add(sb)
+        faults.step("RunPodSandbox.recorded")
         task = asyncio.ensure_future(self._create(sb))
         self._tasks[name] = task
         task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
@@ -230,6 +232,7 @@ class Pods:
                 await self._setup(sb, config, opts)
                 sb.state = State.READY
                 self.store.save(sb)
+                faults.step("RunPodSandbox.ready_recorded")
                 self.events.publish(Kind.CREATED, sb)
                 self.events.publish(Kind.STARTED, sb)
         except BaseException as exc:
@@ -260,17 +263,26 @@ class Pods:
         os.makedirs(state, mode=0o711, exist_ok=True)
         hostnet = opts.network == pb.NODE
         if config.linux.cgroup_parent:
+            sb.cgroups = cgroups.planned(config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            self.store.save(sb)  # before making them, as the namespaces below: recovery removes them if we die midway
+            faults.step("RunPodSandbox.cgroups_planned")
             sb.cgroups = await asyncio.to_thread(cgroups.ensure, config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            faults.step("RunPodSandbox.cgroups_made")
             self.store.save(sb)
+            faults.step("RunPodSandbox.cgroups_recorded")
         kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
         hostname = pod_hostname(config)
         sb.namespaces = {k: os.path.join(state, k) for k in kinds}
         self.store.save(sb)  # before creating: recovery unmounts these paths if we die midway
+        faults.step("RunPodSandbox.namespaces_recorded")
         await self._ns(namespaces.create, state, kinds, hostname)
+        faults.step("RunPodSandbox.namespaces_made")
         if opts.ipc != pb.NODE:
             sb.shm = os.path.join(state, "shm")
             self.store.save(sb)
+            faults.step("RunPodSandbox.shm_recorded")
             podfiles.mount_shm(sb.shm)
+            faults.step("RunPodSandbox.shm_mounted")
         # the network and the infra process only share the pinned namespaces: set them up side by side
         results = await asyncio.gather(
             self._setup_network(sb, hostnet), self._start_infra(sb, opts), return_exceptions=True
@@ -291,9 +303,12 @@ class Pods:
             return
         sb.network_added = True
         self.store.save(sb)
+        faults.step("RunPodSandbox.network_recorded")
         result = await self.cni.setup(self._pod_network(sb))
+        faults.step("RunPodSandbox.cni_result_cached")
         sb.ips = list(result.ips)
         self.store.save(sb)
+        faults.step("RunPodSandbox.ips_recorded")
 
     async def _start_infra(self, sb: Sandbox, opts: pb.NamespaceOption) -> None:
         if opts.pid != pb.POD:
@@ -304,10 +319,13 @@ class Pods:
         cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
         sb.infra_pid = -1  # marks "infra may exist" for recovery
         self.store.save(sb)
+        faults.step("RunPodSandbox.infra_recorded")
         bundle = os.path.join(self.state_dir(sb), "infra")
         pid = await infra.start(runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path)
+        faults.step("RunPodSandbox.infra_started")
         sb.infra_pid, sb.infra_start = pid, procs.start_time(pid)
         self.store.save(sb)
+        faults.step("RunPodSandbox.infra_pid_recorded")
 
     def _pod_network(self, sb: Sandbox) -> PodNetwork:
         meta = sb.config.metadata
@@ -343,15 +361,19 @@ class Pods:
         await steps.run("stop containers", self.stop_containers(sb))
         if sb.infra_pid and await steps.run("stop infra", infra.stop(self.runtime(sb.handler), infra.infra_id(sb.id))):
             sb.infra_pid = 0
+            faults.step("StopPodSandbox.infra_deleted")
         if sb.network_added:
             netns = sb.namespaces.get("net")
             teardown = self.cni.teardown(sb.id, netns if netns and namespaces.is_pinned(netns) else None)
             if await steps.run("CNI DEL", teardown):
                 sb.network_added = False
+                faults.step("StopPodSandbox.network_removed")
         if "net" in sb.namespaces and await steps.run("netns", self._ns(namespaces.remove, [sb.namespaces["net"]])):
             sb.namespaces.pop("net")
+            faults.step("StopPodSandbox.netns_removed")
         if sb.shm and steps.call("/dev/shm", podfiles.unmount, sb.shm):
             sb.shm = ""
+            faults.step("StopPodSandbox.shm_unmounted")
         steps.raise_first()
 
     async def _release(self, sb: Sandbox, final: bool) -> None:
@@ -362,9 +384,11 @@ class Pods:
             await steps.run("remove containers", self.remove_containers(sb))
             if await steps.run("namespaces", self._ns(namespaces.remove, list(sb.namespaces.values()))):
                 sb.namespaces = {}
+                faults.step("RemovePodSandbox.namespaces_removed")
             mine = [d for d in sb.cgroups if d not in self._cgroups_in_use(sb)]
             if mine and await steps.run("cgroups", asyncio.to_thread(cgroups.remove, mine)):
                 sb.cgroups = []
+                faults.step("RemovePodSandbox.cgroups_removed")
             shutil.rmtree(self.state_dir(sb), ignore_errors=True)
             shutil.rmtree(self.files_dir(sb), ignore_errors=True)
         steps.raise_first()
@@ -382,11 +406,16 @@ class Pods:
             if sb.id not in self.store.by_id:
                 return
             ready = sb.state == State.READY
-            await self._stop_pod(sb)
-            sb.state = State.NOTREADY
+            sb.state = State.NOTREADY  # recorded first: a stop cut short (a crash, a failed step) is not ready
             self.store.save(sb)
-            if ready:  # a repeated stop changes nothing
-                self.events.publish(Kind.STOPPED, sb)
+            faults.step("StopPodSandbox.notready_recorded")
+            try:
+                await self._stop_pod(sb)
+            finally:
+                self.store.save(sb)  # what the teardown undid, all of it or not
+                faults.step("StopPodSandbox.teardown_recorded")
+                if ready:  # a repeated stop changes nothing
+                    self.events.publish(Kind.STOPPED, sb)
         log.info("pod sandbox stopped", extra=fields(id=sb.id, name=sb.name))
 
     async def remove(self, sandbox_id: str) -> None:
@@ -407,6 +436,7 @@ class Pods:
                 self.events.publish(Kind.STOPPED, sb)
             self.store.delete(sb)
             self.events.publish(Kind.DELETED, sb)
+            faults.step("RemovePodSandbox.record_deleted")
         self._locks.pop(sb.id, None)
         log.info("pod sandbox removed", extra=fields(id=sb.id, name=sb.name))
 

@@ -67,7 +67,9 @@ class Daemon:
         await images.recover()
         await containers.handlers.probe()
         await containers.recover()
+        await pods.cni.clear_partial_writes()
         await pods.recover()
+        await images.gc()  # blobs and snapshots of a pull cut short, which no image holds
 
     def request_stop(self, signame: str) -> None:
         log.info("shutting down", extra=fields(signal=signame))

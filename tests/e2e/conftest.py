@@ -47,13 +47,13 @@ class Daemons:
         self.base = base
         self.started: list[CridProcess] = []
 
-    def new(self, name: str = "crid", **settings: object) -> CridProcess:
-        d = CridProcess(self.base, name, dict(settings))
+    def new(self, name: str = "crid", *, env: dict[str, str] | None = None, **settings: object) -> CridProcess:
+        d = CridProcess(self.base, name, dict(settings), env)
         self.started.append(d)
         return d
 
     def start(self, name: str = "crid", **settings: object) -> CridProcess:
-        return self.new(name, **settings).start()
+        return self.new(name, env=None, **settings).start()
 
     def stop_all(self) -> None:
         for d in self.started:

@@ -28,8 +28,15 @@ LEFTOVERS: list[str] = []
 class CridProcess(DaemonProcess):
     """One crid daemon run as a subprocess (``python -m cri serve``)."""
 
-    def __init__(self, base: Path, name: str = "crid", settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        name: str = "crid",
+        settings: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
+        self.env = dict(env or {})  # extra environment of the daemon (e.g. a fault to inject)
         self.dir = base / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = str(self.dir / "crid.sock")
@@ -56,7 +63,8 @@ class CridProcess(DaemonProcess):
 
     def start(self) -> "CridProcess":
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stderr=log, stdout=log, stdin=subprocess.DEVNULL)
+            env = {**os.environ, **self.env} if self.env else None
+            self.proc = subprocess.Popen(self.command(), stderr=log, stdout=log, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             started = self.log_records("crid started")

@@ -384,3 +384,14 @@ async def test_verify_plugins(env: Env) -> None:
     env.write([env.plugin("fakea")], version="0.1.0")
     with pytest.raises(FailedPrecondition, match=r"fakea .* does not support cniVersion 0.1.0"):
         await env.manager().verify_plugins()
+
+
+async def test_clear_partial_writes_keeps_the_entries(env: Env) -> None:
+    env.write([env.plugin("fakea")])
+    m = env.manager()
+    await m.setup(env.pod())
+    half = env.cache / f".{POD_ID}.x1y2z3.tmp"  # what a daemon killed between write and rename leaves
+    half.write_text('{"kind": "cridC')
+    await m.clear_partial_writes()
+    assert sorted(p.name for p in env.cache.iterdir()) == [f"{POD_ID}.json"]
+    assert await m.cached_pods() == [POD_ID]
