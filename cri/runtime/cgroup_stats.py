@@ -16,6 +16,9 @@ from typing import Any
 from cri.runtime.cgroups import CGROUP_ROOT
 from cri.runtime.stats import UNLIMITED
 
+SYS = "/sys"
+MOUNTINFO = "/proc/self/mountinfo"
+
 
 @dataclass(frozen=True)
 class PsiLine:
@@ -275,3 +278,105 @@ def process_info(cgroup_path: str, root: str = CGROUP_ROOT, proc: str = "/proc")
                 continue
     limit = parse_open_files_limit(read_text(f"{proc}/{pids[0]}/limits")) if pids else None
     return ProcessInfo(len(pids), threads, fds, sockets, limit)
+
+
+# --- block I/O of a cgroup (the "diskIO" metrics) ------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceIo:
+    """One device's I/O by a cgroup and its children, with blkio's operation names:
+    Read and Write (v1 also Sync, Async, Discard and Total)."""
+
+    device: str  # /dev/NAME as the kernel names it, else MAJ:MIN
+    major: int
+    minor: int
+    bytes: dict[str, int]
+    ios: dict[str, int]
+
+
+_V2_OPS = {"rbytes": ("bytes", "Read"), "wbytes": ("bytes", "Write"), "rios": ("ios", "Read"), "wios": ("ios", "Write")}
+_names: dict[tuple[int, int, str], str] = {}  # (major, minor, sys) -> /dev/NAME: a device keeps its name
+
+
+def device_name(major: int, minor: int, sys: str = SYS, mountinfo: str = MOUNTINFO) -> str:
+    """``/dev/NAME`` of a device as the kernel names it (its uevent's DEVNAME), as cAdvisor labels
+    devices; a filesystem without a block device of its own (btrfs subvolume, overlay, tmpfs) gets
+    its mount source, as cAdvisor's; else ``MAJ:MIN``."""
+    key = (major, minor, sys)
+    if key in _names:
+        return _names[key]
+    uevent = parse_uevent(read_text(os.path.join(sys, "dev", "block", f"{major}:{minor}", "uevent")))
+    if "DEVNAME" in uevent:
+        _names[key] = "/dev/" + uevent["DEVNAME"]
+        return _names[key]
+    return mount_source(f"{major}:{minor}", read_text(mountinfo)) or f"{major}:{minor}"  # not cached: mounts change
+
+
+def parse_uevent(text: str | None) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (text or "").splitlines() if "=" in line)
+
+
+def mount_source(dev: str, mountinfo: str | None) -> str | None:
+    """The source of the first mount of device ``MAJ:MIN`` in a mountinfo text."""
+    for line in (mountinfo or "").splitlines():
+        fields, _, tail = line.partition(" - ")
+        parts, rest = fields.split(), tail.split()
+        if len(parts) > 2 and parts[2] == dev and len(rest) > 1:
+            return rest[1]
+    return None
+
+
+def parse_blkio(text: str | None) -> dict[tuple[int, int], dict[str, int]]:
+    """A v1 blkio file (``8:0 Read 4096`` lines, and a ``Total`` of all devices, skipped)."""
+    out: dict[tuple[int, int], dict[str, int]] = {}
+    for line in (text or "").splitlines():
+        dev, *rest = line.split() or [""]
+        major, _, minor = dev.partition(":")
+        if len(rest) == 2 and major.isdigit() and minor.isdigit() and rest[1].isdigit():
+            out.setdefault((int(major), int(minor)), {})[rest[0]] = int(rest[1])
+    return out
+
+
+def parse_io_stat(text: str | None) -> dict[tuple[int, int], dict[str, dict[str, int]]]:
+    """v2 io.stat (``8:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0``), in v1's names."""
+    out: dict[tuple[int, int], dict[str, dict[str, int]]] = {}
+    for line in (text or "").splitlines():
+        dev, *pairs = line.split() or [""]
+        major, _, minor = dev.partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        tables: dict[str, dict[str, int]] = {"bytes": {}, "ios": {}}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            if key in _V2_OPS and value.isdigit():
+                table, op = _V2_OPS[key]
+                tables[table][op] = int(value)
+        out[(int(major), int(minor))] = tables
+    return out
+
+
+def read_io(
+    cgroup_path: str, root: str = CGROUP_ROOT, sys: str = SYS, mountinfo: str = MOUNTINFO
+) -> list[DeviceIo] | None:
+    """The cgroup's I/O per device, children included; None when there is no file to read."""
+    rel = cgroup_path.strip("/")
+    if os.path.isdir(os.path.join(root, "memory")):
+        blkio = os.path.join(root, "blkio", rel)
+        # the throttle files count whatever the I/O scheduler (blkio.io_* are CFQ's, blkio.bfq.* BFQ's);
+        # where the _recursive ones are missing (older kernels) the plain ones count the same in a leaf
+        texts = [_f(blkio, f"blkio.throttle.{name}_recursive") or _f(blkio, f"blkio.throttle.{name}")
+                 for name in ("io_service_bytes", "io_serviced")]  # fmt: skip
+        if texts[0] is None:
+            return None
+        served, serviced = parse_blkio(texts[0]), parse_blkio(texts[1])
+        tables = {dev: {"bytes": ops, "ios": serviced.get(dev, {})} for dev, ops in served.items()}
+    else:
+        text = _f(root, rel, "io.stat")
+        if text is None:
+            return None
+        tables = parse_io_stat(text)
+    return [
+        DeviceIo(device_name(major, minor, sys, mountinfo), major, minor, t["bytes"], t["ios"])
+        for (major, minor), t in sorted(tables.items())
+    ]

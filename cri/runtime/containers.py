@@ -599,6 +599,14 @@ class Containers:
                 c.state, c.started_at = State.RUNNING, c.started_at or time.time_ns()
                 self.store.save(c)
             return
+        conmon = monitor.conmon_pid(self.bundle(c.id))
+        if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
+            # the process is gone but its monitor is not: it is about to write the exit file,
+            # which the exit watcher (started before recovery) records with the real code
+            await asyncio.to_thread(_wait_for_file, os.path.join(self.exits.directory, c.id), KILL_WAIT)
+            self._on_exit(c.id)
+            if c.state == State.EXITED:
+                return
         # no exit file and no such process: the monitor went with it (a reboot, or it was killed)
         self._record_exit(c, 255, time.time_ns())
         c.reason, c.message = "Unknown", "the container's process and monitor are gone"

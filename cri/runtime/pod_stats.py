@@ -9,24 +9,29 @@ containers' cgroups: counters and sizes add up, but it has no memory limit
 Network figures come from the pod's own network namespace. A host-network
 pod gets none, as containerd does: the host's interfaces carry every pod's
 and the node's traffic, and attributing them to one pod would mislead.
+
+A container's disk figures are those of its writable layer, as CRI-O's: the
+filesystem holding it (size and inodes, from statvfs) and what the layer
+itself uses (the walk ContainerStats makes).
 """
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from cri.log import fields
 from cri.runtime import cgroup_stats, netstats
-from cri.runtime.cgroup_stats import CgroupStats, ProcessInfo
+from cri.runtime.cgroup_stats import CgroupStats, DeviceIo, ProcessInfo
 from cri.runtime.container_store import Container
 from cri.runtime.container_store import State as CState
 from cri.runtime.containers import Containers
 from cri.runtime.netstats import Interface
 from cri.runtime.pods import host_network
 from cri.runtime.sandbox_store import Sandbox
-from cri.runtime.stats import Usage
+from cri.runtime.stats import Usage, layer_usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,10 +48,23 @@ class PodSample:
 
 
 @dataclass(frozen=True)
+class FsUsage:
+    """The filesystem of a container's writable layer, and what the layer uses of it."""
+
+    device: str
+    limit_bytes: int
+    inodes_total: int
+    inodes_free: int
+    usage_bytes: int
+
+
+@dataclass(frozen=True)
 class ContainerSample:
     container: Container
     cgroup: CgroupStats | None
     processes: ProcessInfo | None
+    fs: FsUsage | None = None
+    io: list[DeviceIo] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,17 @@ def nano_cores(previous: tuple[int, int] | None, timestamp: int, cpu_ns: int) ->
     if previous is None or timestamp <= previous[0]:
         return None
     return max(cpu_ns - previous[1], 0) * 10**9 // (timestamp - previous[0])
+
+
+def fs_usage(upper: str, sys: str = cgroup_stats.SYS, mountinfo: str = cgroup_stats.MOUNTINFO) -> FsUsage | None:
+    """Blocking; None when the layer is gone (the container is being removed)."""
+    try:
+        st, vfs = os.stat(upper), os.statvfs(upper)
+    except OSError:
+        return None
+    used, _ = layer_usage(upper)
+    device = cgroup_stats.device_name(os.major(st.st_dev), os.minor(st.st_dev), sys, mountinfo)
+    return FsUsage(device, vfs.f_blocks * vfs.f_frsize, vfs.f_files, vfs.f_ffree, used)
 
 
 def running(containers: Containers, sb: Sandbox) -> list[Container]:
@@ -125,7 +154,13 @@ class PodStats:
             self._cpu_samples = {k: v for k, v in self._cpu_samples.items() if k in live}
 
     async def collect_metrics(
-        self, sandboxes: list[Sandbox], cgroups: bool, processes: bool, network: bool
+        self,
+        sandboxes: list[Sandbox],
+        cgroups: bool,
+        processes: bool,
+        network: bool,
+        disk: bool,
+        io: bool,
     ) -> list[MetricsSample]:
         """What ListPodSandboxMetrics needs of each pod; only the parts its metric groups use are read."""
         members = {sb.id: running(self.containers, sb) for sb in sandboxes}
@@ -135,6 +170,8 @@ class PodStats:
                 c,
                 cgroup_stats.read(c.cgroups_path) if cgroups else None,
                 cgroup_stats.process_info(c.cgroups_path) if processes else None,
+                fs_usage(os.path.join(self.containers.persist(c.id), "upper")) if disk else None,
+                cgroup_stats.read_io(c.cgroups_path) if io else None,
             )
 
         def read_all() -> list[MetricsSample]:

@@ -51,7 +51,7 @@ def _read_stat(path: str) -> dict[str, int]:
     return out
 
 
-def _layer_usage(upper: str) -> tuple[int, int]:
+def layer_usage(upper: str) -> tuple[int, int]:
     used = inodes = 0
     for dirpath, dirnames, filenames in os.walk(upper):
         for name in dirnames + filenames:
@@ -68,7 +68,7 @@ def read_usage(cgroup_path: str, upper: str, root: str = CGROUP_ROOT) -> Usage:
     """Blocking: run it in a worker thread."""
     rel = cgroup_path.strip("/")
     now = time.time_ns()
-    written, inodes = _layer_usage(upper)
+    written, inodes = layer_usage(upper)
     v1_memory = os.path.join(root, "memory", rel)
     if os.path.isdir(os.path.join(root, "memory")):
         stat = _read_stat(os.path.join(v1_memory, "memory.stat"))

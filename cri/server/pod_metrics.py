@@ -5,8 +5,11 @@ name it has no descriptor for, or whose label values do not match the
 descriptor's keys: every sample below is built from this one table. The
 labels are CRI-O's (``id, image, namespace, pod, container``, plus a
 metric's own); pod-level samples (network) carry ``container="POD"``, as
-CRI-O's. Values are UInt64 by the CRI: seconds are whole seconds, as CRI-O
-sends them.
+CRI-O's. Devices and block I/O are labelled as cAdvisor labels them, where
+CRI-O differs: ``device="/dev/vda"`` (CRI-O: ``254:0``), ``operation="Write"``
+(CRI-O: ``write``), and the disk group has cAdvisor's ``device`` label
+(CRI-O's has none). Values are UInt64 by the CRI: seconds are whole
+seconds, as CRI-O sends them.
 """
 
 import time
@@ -14,10 +17,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from cri.api.v1 import api_pb2 as pb
-from cri.runtime.cgroup_stats import CgroupStats, Pressure, ProcessInfo
+from cri.runtime.cgroup_stats import CgroupStats, DeviceIo, Pressure, ProcessInfo
 from cri.runtime.container_store import Container
 from cri.runtime.netstats import Interface
-from cri.runtime.pod_stats import ContainerSample, MetricsSample
+from cri.runtime.pod_stats import ContainerSample, FsUsage, MetricsSample
 from cri.runtime.sandbox_store import Sandbox
 
 BASE_LABELS = ("id", "image", "namespace", "pod", "container")
@@ -37,6 +40,7 @@ class Desc:
 
 
 _NET = ("interface",)
+_DEV = ("device",)
 DESCRIPTORS = (
     Desc("container_last_seen", ALWAYS, "Last time a container was seen by the exporter"),
     Desc("container_cpu_user_seconds_total", "cpu", "Cumulative user CPU time consumed in seconds."),
@@ -55,6 +59,15 @@ DESCRIPTORS = (
     Desc("container_memory_max_usage_bytes", "memory", "Maximum memory usage recorded in bytes"),
     Desc("container_memory_working_set_bytes", "memory", "Current working set in bytes."),
     Desc("container_memory_failures_total", "memory", "Cumulative count of memory allocation failures.", ("failure_type", "scope")),  # noqa: E501
+    Desc("container_fs_inodes_free", "disk", "Number of free inodes.", _DEV),
+    Desc("container_fs_inodes_total", "disk", "Total number of inodes.", _DEV),
+    Desc("container_fs_limit_bytes", "disk", "Filesystem limit in bytes.", _DEV),
+    Desc("container_fs_usage_bytes", "disk", "Current filesystem usage in bytes.", _DEV),
+    Desc("container_fs_reads_bytes_total", "diskIO", "Cumulative count of bytes read", _DEV),
+    Desc("container_fs_reads_total", "diskIO", "Cumulative count of reads completed", _DEV),
+    Desc("container_fs_writes_bytes_total", "diskIO", "Cumulative count of bytes written", _DEV),
+    Desc("container_fs_writes_total", "diskIO", "Cumulative count of writes completed", _DEV),
+    Desc("container_blkio_device_usage_total", "diskIO", "Blkio Device bytes usage", ("device", "major", "minor", "operation")),  # noqa: E501
     Desc("container_network_receive_bytes_total", "network", "Cumulative count of bytes received", _NET),
     Desc("container_network_receive_packets_total", "network", "Cumulative count of packets received", _NET),
     Desc("container_network_receive_packets_dropped_total", "network", "Cumulative count of packets dropped while receiving", _NET),  # noqa: E501
@@ -143,6 +156,23 @@ def _memory(m: _Samples, cg: CgroupStats) -> None:
             m.add("container_memory_failures_total", value, pb.COUNTER, kind, scope)
 
 
+def _disk(m: _Samples, fs: FsUsage) -> None:
+    m.add("container_fs_inodes_free", fs.inodes_free, pb.GAUGE, fs.device)
+    m.add("container_fs_inodes_total", fs.inodes_total, pb.GAUGE, fs.device)
+    m.add("container_fs_limit_bytes", fs.limit_bytes, pb.GAUGE, fs.device)
+    m.add("container_fs_usage_bytes", fs.usage_bytes, pb.GAUGE, fs.device)
+
+
+def _disk_io(m: _Samples, devices: list[DeviceIo]) -> None:
+    for d in devices:
+        m.add("container_fs_reads_bytes_total", d.bytes.get("Read"), pb.COUNTER, d.device)
+        m.add("container_fs_writes_bytes_total", d.bytes.get("Write"), pb.COUNTER, d.device)
+        m.add("container_fs_reads_total", d.ios.get("Read"), pb.COUNTER, d.device)
+        m.add("container_fs_writes_total", d.ios.get("Write"), pb.COUNTER, d.device)
+        for op, value in d.bytes.items():  # blkio's operation names, as cAdvisor labels them
+            m.add("container_blkio_device_usage_total", value, pb.COUNTER, d.device, str(d.major), str(d.minor), op)
+
+
 def _pressure(m: _Samples, what: str, p: Pressure | None) -> None:
     if p is None:  # no PSI for this cgroup (cgroup v1 only, or a kernel without it)
         return
@@ -205,6 +235,10 @@ def container_metrics(sb: Sandbox, s: ContainerSample, groups: Collection[str], 
         _process(m, s.processes, cg)
     if "spec" in groups:
         _spec(m, c)
+    if "disk" in groups and s.fs is not None:
+        _disk(m, s.fs)
+    if "diskIO" in groups and s.io is not None:
+        _disk_io(m, s.io)
     return pb.ContainerMetrics(container_id=c.id, metrics=m.out)
 
 

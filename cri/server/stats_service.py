@@ -181,6 +181,8 @@ class StatsServicer:
             cgroups=bool({"cpu", "memory", "oom", "pressure", "process"} & set(groups)),
             processes="process" in groups,
             network="network" in groups,
+            disk="disk" in groups,
+            io="diskIO" in groups,
         )
         return [pod_metrics(s, groups) for s in samples]
 

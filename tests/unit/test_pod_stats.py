@@ -1,8 +1,9 @@
-"""Pod stats and CRI metrics without a daemon: cgroup files in temporary trees,
-netlink answers and the domain replaced by fakes."""
+"""Pod stats and CRI metrics without a daemon: netlink answers and the domain
+replaced by fakes (the cgroup and disk readers: test_cgroup_stats.py)."""
 
 import asyncio
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,107 +14,55 @@ from cri.api.v1 import api_pb2 as pb
 from cri.config import POD_METRIC_GROUPS, Config, ConfigError, from_dict
 from cri.errors import InvalidArgument
 from cri.runtime import cgroup_stats, pod_resources
-from cri.runtime.cgroup_stats import CgroupStats, Pressure, ProcessInfo, PsiLine
+from cri.runtime.cgroup_stats import CgroupStats, DeviceIo, Pressure, ProcessInfo, PsiLine
 from cri.runtime.container_store import Container
 from cri.runtime.container_store import State as CState
 from cri.runtime.netstats import Interface, parse_links
-from cri.runtime.pod_stats import ContainerSample, MetricsSample, PodSample, nano_cores
+from cri.runtime.pod_stats import ContainerSample, FsUsage, MetricsSample, PodSample, PodStats, nano_cores
 from cri.runtime.sandbox_store import Sandbox, State
 from cri.runtime.stats import Usage
 from cri.server import stats_service
 from cri.server.pod_metrics import BASE_LABELS, DESCRIPTORS, descriptors, pod_metrics
 from cri.server.stats_service import StatsServicer, pod_stats_message
 
-PSI = "some avg10=1.50 avg60=0.20 avg300=0.05 total=2500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1200000\n"
+
+class _Store:
+    def __init__(self, containers: list[Container]) -> None:
+        self.containers = containers
+
+    def of_sandbox(self, pod_id: str) -> list[Container]:
+        return [c for c in self.containers if c.sandbox_id == pod_id]
 
 
-def write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
+class _MetricsContainers:
+    def __init__(self, groups: list[str], containers: list[Container], root: str) -> None:
+        self.config = from_dict({"stats": {"included_pod_metrics": groups}})
+        self.store = _Store(containers)
+        self.root = root
+
+    def persist(self, cid: str) -> str:
+        return os.path.join(self.root, cid)
 
 
-# --- cgroup files -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("groups", "disk", "io"), [(["disk", "cpu"], True, False), (["diskIO"], False, True)])
+def test_collect_metrics_reads_disk_and_io_for_their_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, groups: list[str], disk: bool, io: bool
+) -> None:
+    sb = sandbox()
+    c = container(sb)
+    (tmp_path / c.id / "upper").mkdir(parents=True)
+    read: list[str] = []
 
+    def read_io(path: str) -> list[DeviceIo]:
+        read.append(path)
+        return []
 
-def test_v1_hybrid_cgroup(tmp_path: Path) -> None:
-    g = "kubepods/pod1"
-    write(tmp_path, {
-        f"memory/{g}/memory.usage_in_bytes": "104857600\n",
-        f"memory/{g}/memory.max_usage_in_bytes": "209715200\n",
-        f"memory/{g}/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
-        f"memory/{g}/memory.failcnt": "3\n",
-        f"memory/{g}/memory.kmem.usage_in_bytes": "4096\n",
-        f"memory/{g}/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
-        f"memory/{g}/memory.stat": "cache 1\nrss 2\ntotal_cache 30000000\ntotal_rss 50000000\n"
-                                   "total_mapped_file 1000\ntotal_inactive_file 20000000\ntotal_pgfault 77\n"
-                                   "total_pgmajfault 5\ntotal_swap 0\n",
-        f"cpuacct/{g}/cpuacct.usage": "5000000000\n",
-        f"cpuacct/{g}/cpuacct.usage_user": "3000000000\n",
-        f"cpuacct/{g}/cpuacct.usage_sys": "2000000000\n",
-        f"cpu/{g}/cpu.stat": "nr_periods 10\nnr_throttled 4\nthrottled_time 1500000000\n",
-        f"pids/{g}/pids.current": "7\n",
-        f"pids/{g}/pids.max": "max\n",
-        f"unified/{g}/cpu.pressure": PSI,
-        f"unified/{g}/memory.pressure": PSI,
-    })  # fmt: skip
-    s = cgroup_stats.read(f"/{g}", str(tmp_path))
-    assert (s.cpu_ns, s.cpu_user_ns, s.cpu_system_ns) == (5 * 10**9, 3 * 10**9, 2 * 10**9)
-    assert (s.cfs_periods, s.cfs_throttled_periods, s.cfs_throttled_ns) == (10, 4, 1_500_000_000)
-    assert (s.memory_usage, s.memory_max_usage, s.rss, s.cache) == (104857600, 209715200, 50_000_000, 30_000_000)
-    assert s.working_set == 104857600 - 20_000_000 and s.memory_limit is None and s.available is None
-    assert (s.failcnt, s.kernel, s.oom_kills, s.page_faults, s.major_page_faults) == (3, 4096, 2, 77, 5)
-    assert (s.pids, s.pids_max) == (7, None)
-    assert s.cpu_psi == Pressure(PsiLine(2_500_000, 1.5, 0.2, 0.05), PsiLine(1_200_000, 0.0, 0.0, 0.0))
-    assert s.memory_psi is not None and s.io_psi is None  # no io.pressure here: not reported
-
-
-def test_v2_cgroup(tmp_path: Path) -> None:
-    g = "kubepods/pod2"
-    write(tmp_path, {
-        "cgroup.controllers": "cpu memory pids\n",
-        f"{g}/memory.current": "1000\n",
-        f"{g}/memory.max": "4000\n",
-        f"{g}/memory.stat": "anon 600\nfile 300\nfile_mapped 10\ninactive_file 200\nkernel 50\npgfault 9\n"
-                            "pgmajfault 1\n",
-        f"{g}/memory.events": "low 0\nhigh 0\nmax 6\noom 1\noom_kill 1\n",
-        f"{g}/cpu.stat": "usage_usec 2000\nuser_usec 1500\nsystem_usec 500\nnr_periods 3\nnr_throttled 1\n"
-                         "throttled_usec 40\n",
-        f"{g}/pids.current": "2\n",
-        f"{g}/pids.max": "100\n",
-        f"{g}/io.pressure": PSI,
-        f"{g}/cpu.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\n",  # older kernels: no "full"
-    })  # fmt: skip
-    s = cgroup_stats.read(g, str(tmp_path))
-    assert (s.cpu_ns, s.cpu_user_ns, s.cfs_throttled_ns) == (2_000_000, 1_500_000, 40_000)
-    assert (s.memory_usage, s.working_set, s.rss, s.cache, s.kernel) == (1000, 800, 600, 300, 50)
-    assert (s.memory_limit, s.available, s.failcnt, s.oom_kills) == (4000, 3200, 6, 1)
-    assert (s.pids, s.pids_max, s.memory_max_usage) == (2, 100, None)
-    assert s.cpu_psi is not None and s.cpu_psi.full is None and s.io_psi is not None
-
-
-def test_missing_cgroup_reads_as_unknown(tmp_path: Path) -> None:
-    (tmp_path / "memory").mkdir()
-    s = cgroup_stats.read("/gone", str(tmp_path))
-    assert s.cpu_ns is None and s.memory_usage is None and s.working_set is None and s.cpu_psi is None
-
-
-def test_parsers_tolerate_junk() -> None:
-    assert cgroup_stats.parse_pressure("some avg10=x total=1\n") is None
-    assert cgroup_stats.parse_pressure(None) is None
-    assert cgroup_stats.parse_int("max\n") is None and cgroup_stats.parse_int("12\n") == 12
-    assert cgroup_stats.parse_flat("a 1\nb x\nc\n") == {"a": 1}
-    limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n"  # noqa: E501
-    assert cgroup_stats.parse_open_files_limit(limits) == 1024
-    assert cgroup_stats.parse_open_files_limit("Max open files  unlimited unlimited files\n") is None
-
-
-def test_total_of_containers() -> None:
-    a = CgroupStats(1, cpu_ns=10, memory_usage=100, working_set=90, pids=2, memory_limit=1000)
-    b = CgroupStats(2, cpu_ns=5, memory_usage=50, rss=7, pids=1, cpu_psi=Pressure(PsiLine(1, 0, 0, 0), None))
-    t = cgroup_stats.total([a, b], now=3)
-    assert (t.timestamp, t.cpu_ns, t.memory_usage, t.working_set, t.rss, t.pids) == (3, 15, 150, 90, 7, 3)
-    assert t.memory_limit is None and t.cpu_psi is None and t.cache is None  # limits and pressure do not add up
+    monkeypatch.setattr(cgroup_stats, "read_io", read_io)
+    stats = PodStats(_MetricsContainers(groups, [c], str(tmp_path)))  # type: ignore[arg-type]
+    picked = {"disk": "disk" in groups, "io": "diskIO" in groups}  # as the servicer decides from the groups
+    (sample,) = asyncio.run(stats.collect_metrics([sb], cgroups=False, processes=False, network=False, **picked))
+    (cs,) = sample.containers
+    assert (cs.fs is not None, cs.io is not None, read) == (disk, io, [c.cgroups_path] if io else [])
 
 
 # --- netlink ------------------------------------------------------------------------------------
@@ -197,10 +146,19 @@ FULL = CgroupStats(
 )  # fmt: skip
 
 
+FS = FsUsage("/dev/vda", limit_bytes=10 << 30, inodes_total=1000, inodes_free=900, usage_bytes=4096)
+IO = [
+    DeviceIo("/dev/vda", 254, 0, {"Read": 4096, "Write": 8192, "Sync": 12288, "Async": 0, "Total": 12288},
+             {"Read": 1, "Write": 2, "Sync": 3, "Async": 0, "Total": 3}),
+    DeviceIo("/dev/vdb", 254, 16, {"Read": 0, "Write": 512}, {"Read": 0, "Write": 1}),
+]  # fmt: skip
+
+
 def full_sample() -> MetricsSample:
     sb = sandbox()
     iface = Interface("eth0", 1, 2, 3, 4, 5, 6, 7, 8)
-    return MetricsSample(sb, [iface], [ContainerSample(container(sb), FULL, ProcessInfo(2, 3, 4, 1, 1024))])
+    c = ContainerSample(container(sb), FULL, ProcessInfo(2, 3, 4, 1, 1024), FS, IO)
+    return MetricsSample(sb, [iface], [c])
 
 
 def all_metrics(pm: pb.PodSandboxMetrics) -> list[pb.Metric]:
@@ -234,6 +192,15 @@ def test_metric_values_and_labels() -> None:
     assert by[("container_spec_memory_reservation_limit_bytes", ())].value.value == 1024
     assert by[("container_start_time_seconds", ())].value.value == 2 * 10**9
     assert by[("container_memory_failures_total", ("pgmajfault", "hierarchy"))].value.value == 1
+    assert by[("container_fs_usage_bytes", ("/dev/vda",))].value.value == 4096
+    assert by[("container_fs_limit_bytes", ("/dev/vda",))].value.value == 10 << 30
+    assert by[("container_fs_inodes_free", ("/dev/vda",))].metric_type == pb.GAUGE
+    assert by[("container_fs_writes_bytes_total", ("/dev/vdb",))].value.value == 512
+    assert by[("container_fs_reads_total", ("/dev/vda",))].value.value == 1
+    write_ops = by[("container_blkio_device_usage_total", ("/dev/vda", "254", "0", "Write"))]
+    assert write_ops.value.value == 8192 and write_ops.metric_type == pb.COUNTER
+    blkio = [m for m in cm.metrics if m.name == "container_blkio_device_usage_total"]
+    assert len(blkio) == 5 + 2  # every operation of every device
 
 
 def test_groups_select_what_is_described_and_sent() -> None:
@@ -253,10 +220,16 @@ def test_groups_select_what_is_described_and_sent() -> None:
 
 
 def test_config_groups() -> None:
-    assert Config().stats.included_pod_metrics == []  # CRI-O's default
+    assert Config().stats.pod_metric_groups() == POD_METRIC_GROUPS  # every group by default
+    assert {"disk", "diskIO"} <= set(POD_METRIC_GROUPS)
+    assert from_dict({"stats": {"included_pod_metrics": []}}).stats.pod_metric_groups() == ()  # CRI-O's default
     assert from_dict({"stats": {"included_pod_metrics": ["all"]}}).stats.pod_metric_groups() == POD_METRIC_GROUPS
     assert from_dict({"stats": {"included_pod_metrics": ["cpu", "oom"]}}).stats.pod_metric_groups() == ("cpu", "oom")
-    for bad in (["disk"], ["all", "cpu"], ["cpu", "cpu"], "cpu"):
+    assert from_dict({"stats": {"included_pod_metrics": ["disk", "diskIO"]}}).stats.pod_metric_groups() == (
+        "disk",
+        "diskIO",
+    )
+    for bad in (["hugetlb"], ["blkio"], ["all", "cpu"], ["cpu", "cpu"], "cpu"):
         with pytest.raises(ConfigError, match="included_pod_metrics"):
             from_dict({"stats": {"included_pod_metrics": bad}})
 
