@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 # Spec versions whose configs and results crid understands (1.1.0 results are 1.0.0 plus optional fields).
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")  # \Z: '$' would take a final newline
 MAX_CONF_BYTES = 1024 * 1024
 
 
@@ -145,6 +145,8 @@ def parse_bytes(data: bytes, path: str) -> NetworkConfigList:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"invalid JSON: {e}") from None
+    except RecursionError:  # a small file can nest deeper than the parser's stack
+        raise ConfigError("invalid JSON: nested too deeply") from None
     if not path.endswith(".conflist"):
         obj = wrap_conf(obj)
     return parse_conflist(obj, path)

@@ -13,6 +13,7 @@ import ipaddress
 from typing import Any
 
 from cri.cni.config import SUPPORTED_VERSIONS, version_tuple
+from cri.errors import quote
 
 
 class ResultError(ValueError):
@@ -78,7 +79,12 @@ def normalize(obj: Any, conf_version: str) -> dict[str, Any]:
             _address(ip.get("address"), f"ips[{n}]")
             ip.pop("version", None)
             idx = ip.get("interface")
-            if idx is not None and (not isinstance(idx, int) or not 0 <= idx < len(interfaces)):
+            if idx is None:
+                continue
+            # bool is an int in Python but not in JSON: libcni refuses "interface": true
+            if isinstance(idx, bool) or not isinstance(idx, int):
+                raise ResultError(f"ips[{n}]: interface index {quote(idx)} is not an integer")
+            if not 0 <= idx < len(interfaces):
                 raise ResultError(f"ips[{n}]: interface index {idx!r} is out of range")
         out["interfaces"] = interfaces
         out["ips"] = ips

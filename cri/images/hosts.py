@@ -9,18 +9,21 @@ pull, so edits apply without a restart, as with containerd.
 """
 
 import os
+import re
 import ssl
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-from cri.errors import FailedPrecondition
+from cri.errors import FailedPrecondition, quote
 
 DEFAULT_CAPABILITIES = frozenset({"pull", "resolve", "push"})
 KNOWN_CAPABILITIES = DEFAULT_CAPABILITIES
 _HOST_KEYS = {"capabilities", "ca", "client", "skip_verify", "override_path", "header"}
 _TOP_KEYS = _HOST_KEYS | {"server", "host"}
+# what containerd's url.Parse takes as a host: a DNS name or a bracketed IPv6 address, and a port
+_HOST_PORT_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?\Z")
 
 
 def _is_loopback(hostname: str) -> bool:
@@ -107,15 +110,35 @@ def _clients(value: Any, base_dir: str, source: str) -> tuple[tuple[str, str], .
     return tuple(out)
 
 
-def _parse_host(url: str, table: dict[str, Any], base_dir: str, source: str) -> RegistryHost:
+def _table(value: Any, what: str, source: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FailedPrecondition(f"{source}: {what} must be a table, not {quote(value)}")
+    return value
+
+
+def _split_url(url: str) -> SplitResult | None:
+    """``url`` split, or None unless it is http(s)://HOST[:PORT][/PATH]."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed '[', or characters that NFKC-normalise to '/', '#', ...
+        return None
+    hostport = _HOST_PORT_RE.match(parts.netloc)
+    if parts.scheme not in ("http", "https") or not hostport:
+        return None
+    port = hostport.group(1)
+    return parts if port is None or 1 <= int(port) <= 65535 else None
+
+
+def _parse_host(url: str, table: Any, base_dir: str, source: str) -> RegistryHost:
+    table = _table(table, f"host {quote(url)}", source)
     unknown = set(table) - _HOST_KEYS
     if unknown:
         raise FailedPrecondition(f"{source}: unknown key(s) {sorted(unknown)} for host {url!r}")
     if "://" not in url:
         url = "https://" + url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise FailedPrecondition(f"{source}: host {url!r} must be http(s)://HOST[:PORT][/PATH]")
+    parts = _split_url(url)
+    if parts is None:
+        raise FailedPrecondition(f"{source}: host {quote(url)} must be http(s)://HOST[:PORT][/PATH]")
     path = parts.path.rstrip("/")
     if not path:
         path = "/v2"
@@ -128,7 +151,7 @@ def _parse_host(url: str, table: dict[str, Any], base_dir: str, source: str) -> 
     if not isinstance(skip_verify, bool):
         raise FailedPrecondition(f"{source}: skip_verify must be true or false")
     headers: list[tuple[str, str]] = []
-    for name, value in (table.get("header") or {}).items():
+    for name, value in _table(table.get("header", {}), f"header of host {quote(url)}", source).items():
         for v in _strings(value, f"header {name}", source):
             headers.append((name, v))
     return RegistryHost(
@@ -154,10 +177,12 @@ def load_hosts(config_dir: str, registry: str) -> list[RegistryHost]:
             doc = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise FailedPrecondition(f"{source}: {exc}") from None
+    except UnicodeDecodeError:  # TOML is UTF-8; tomllib decodes without saying where
+        raise FailedPrecondition(f"{source}: not UTF-8 text") from None
     unknown = set(doc) - _TOP_KEYS
     if unknown:
         raise FailedPrecondition(f"{source}: unknown key(s) {sorted(unknown)}")
-    hosts = [_parse_host(url, table, host_dir, source) for url, table in (doc.get("host") or {}).items()]
+    hosts = [_parse_host(url, t, host_dir, source) for url, t in _table(doc.get("host", {}), "host", source).items()]
     server = doc.get("server")
     if server is not None:
         if not isinstance(server, str):

@@ -23,12 +23,13 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 
-PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
-DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-TAG_RE = re.compile(rf"^{_TAG}$")
-DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-SHA256_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
-HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
+# \Z, not '$' (which also matches before a final newline); the tag's \w is ASCII, as in Go
+PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*\Z")
+DOMAIN_RE = re.compile(rf"^{_DOMAIN}\Z")
+TAG_RE = re.compile(rf"^{_TAG}\Z", re.ASCII)
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
+SHA256_RE = re.compile(r"^sha256:[a-f0-9]{64}\Z")
+HEX64_RE = re.compile(r"^[a-f0-9]{64}\Z")
 
 
 @dataclass(frozen=True)

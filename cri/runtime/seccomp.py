@@ -24,7 +24,7 @@ from functools import cache
 from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
-from cri.errors import InvalidArgument
+from cri.errors import InvalidArgument, quote
 
 DEFAULT_PROFILE_FILE = os.path.join(os.path.dirname(__file__), "seccomp_default.json")
 MAX_PROFILE_BYTES = 1 << 20
@@ -94,6 +94,11 @@ def _check_int(value: Any, what: str, lo: int = 0, hi: int = 2**64 - 1) -> int:
     return value
 
 
+def _known(value: Any, names: frozenset[str]) -> bool:
+    # a JSON list or object is unhashable: 'in' a frozenset would raise TypeError
+    return isinstance(value, str) and value in names
+
+
 def _applies(rule: Any, caps: frozenset[str], arch: str, kernel: tuple[int, int]) -> bool:
     """The docker-format conditions: includes need all of their caps / one of
     their arches / at least minKernel; excludes drop the rule on any match."""
@@ -132,8 +137,8 @@ def _rule(raw: Any) -> dict[str, Any]:
     names = raw.get("names")
     if not _is_str_list(names) or not names:
         raise InvalidArgument("seccomp profile: every rule needs a non-empty list of syscall names")
-    if raw.get("action") not in ACTIONS:
-        raise InvalidArgument(f"seccomp profile: unknown action {raw.get('action')!r} for {names[0]}")
+    if not _known(raw.get("action"), ACTIONS):
+        raise InvalidArgument(f"seccomp profile: unknown action {quote(raw.get('action'))} for {names[0]}")
     out: dict[str, Any] = {"names": list(names), "action": raw["action"]}
     if "errnoRet" in raw:
         out["errnoRet"] = _check_int(raw["errnoRet"], "errnoRet", 0, 4095)
@@ -142,8 +147,8 @@ def _rule(raw: Any) -> dict[str, Any]:
         raise InvalidArgument("seccomp profile: args must be a list")
     checked = []
     for arg in args:
-        if not isinstance(arg, dict) or arg.get("op") not in OPERATORS:
-            raise InvalidArgument(f"seccomp profile: bad argument filter {arg!r} for {names[0]}")
+        if not isinstance(arg, dict) or not _known(arg.get("op"), OPERATORS):
+            raise InvalidArgument(f"seccomp profile: bad argument filter {quote(arg)} for {names[0]}")
         a: dict[str, Any] = {"index": _check_int(arg.get("index"), "args.index", 0, 5)}
         a["value"] = _check_int(arg.get("value", 0), "args.value")
         if "valueTwo" in arg:
@@ -165,17 +170,20 @@ def resolve(
     arch = arch or host_arch()
     kernel = kernel or kernel_version()
     held = frozenset(caps)
-    if profile.get("defaultAction") not in ACTIONS:
-        raise InvalidArgument(f"seccomp profile: unknown defaultAction {profile.get('defaultAction')!r}")
+    if not _known(profile.get("defaultAction"), ACTIONS):
+        raise InvalidArgument(f"seccomp profile: unknown defaultAction {quote(profile.get('defaultAction'))}")
     out: dict[str, Any] = {k: profile[k] for k in _TOP_KEYS if k in profile}
     if "defaultErrnoRet" in out:
         _check_int(out["defaultErrnoRet"], "defaultErrnoRet", 0, 4095)
     if "archMap" in profile:
         if "architectures" in profile:
             raise InvalidArgument("seccomp profile: use either 'architectures' or 'archMap'")
+        arch_map = profile["archMap"] or []
+        if not isinstance(arch_map, list):
+            raise InvalidArgument(f"seccomp profile: archMap must be a list, got {quote(arch_map)}")
         own = ARCHES.get(arch, ("", frozenset()))[0]
         out["architectures"] = []
-        for entry in profile["archMap"] or []:
+        for entry in arch_map:
             if isinstance(entry, dict) and entry.get("architecture") == own:
                 subs = entry.get("subArchitectures") or []
                 if not _is_str_list(subs):
@@ -245,6 +253,8 @@ def load_localhost(path: str, caps: Iterable[str]) -> dict[str, Any]:
         profile = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"seccomp localhost profile {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # a small file can nest deeper than the parser's stack
+        raise InvalidArgument(f"seccomp localhost profile {path} is not valid JSON: nested too deeply") from None
     try:
         return resolve(profile, caps)
     except InvalidArgument as exc:

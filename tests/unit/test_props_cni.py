@@ -11,7 +11,6 @@ import re
 import string
 from typing import Any
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -178,11 +177,6 @@ def test_damaged_results_normalise_or_raise_result_error(case: tuple[Any, str]) 
     result.pod_ips(norm, "eth0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: result.normalize takes a JSON boolean as an interface index (isinstance(True, int)): "
-    "'\"interface\": true' is accepted as index 1; libcni refuses it (not an integer)",
-)
 @given(damaged_results())
 @example(
     ({"cniVersion": "1.0.0", "interfaces": [{}, {}], "ips": [{"address": "10.0.0.1/8", "interface": True}]}, "1.0.0")
@@ -261,11 +255,6 @@ def test_damaged_configs_parse_or_raise_config_error(case: tuple[bytes, str]) ->
     assert net.plugins and all(p.type and "/" not in p.type for p in net.plugins)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: config.parse_bytes lets json.loads' RecursionError out (a file of 100000 '[', "
-    "well under MAX_CONF_BYTES): ConfigSource.current() then raises instead of naming the bad file",
-)
 @given(st.integers(1, 200_000), st.sampled_from(["[", '{"a":']))
 @example(100_000, "[")
 def test_deeply_nested_configs_raise_config_error(depth: int, opener: str) -> None:
@@ -273,12 +262,6 @@ def test_deeply_nested_configs_raise_config_error(depth: int, opener: str) -> No
         config.parse_bytes((opener * depth).encode(), "a.conflist")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: config.NAME_RE ends in '$', which matches before a final newline: the network name "
-    "'net\\n' is accepted and handed to every plugin (host-local keeps its leases in a dir of that name); "
-    "libcni refuses it",
-)
 @given(conflists(), st.text(max_size=3))
 @example({"cniVersion": "1.0.0", "name": "net", "plugins": [{"type": "bridge"}]}, "\n")
 def test_accepted_network_names_are_valid(obj: dict[str, Any], suffix: str) -> None:

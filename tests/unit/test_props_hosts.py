@@ -9,7 +9,6 @@ import re
 import tempfile
 from typing import Any
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -171,10 +170,8 @@ junk: st.SearchStrategy[Any] = st.recursive(
 HOST_KEYS = ["capabilities", "ca", "client", "skip_verify", "override_path", "header", "capability", "mirrors"]
 url_scheme = st.sampled_from(["https://", "http://", "ftp://", "", "://"])
 odd_url = st.builds(str.__add__, url_scheme, st.text(max_size=12))
-# urlsplit raises ValueError on brackets and on characters that NFKC-normalise to URL delimiters: xfail below
-plain_url = st.builds(
-    str.__add__, url_scheme, st.text(st.characters(max_codepoint=0x7F, exclude_characters="[]"), max_size=12)
-)
+# ASCII only: its delimiters (':', '/', '@', '[', ' ') come up far more often than in any text
+plain_url = st.builds(str.__add__, url_scheme, st.text(st.characters(max_codepoint=0x7F), max_size=12))
 
 
 @st.composite
@@ -203,12 +200,6 @@ def test_wrong_values_fail_with_a_clear_error(doc: dict[str, Any]) -> None:
     parses_or_fails_cleanly(to_toml(doc))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: hosts.py calls .items() on 'host' and on 'header', and set() on a host entry, without "
-    "checking that they are tables: 'host = 1', 'host = {\"https://m\" = 1}', 'header = 1' raise "
-    "AttributeError/TypeError instead of FailedPrecondition",
-)
 @given(damaged(plain_url, tables=True))
 @example({"host": 1})
 @example({"host": {"https://m": 1}})
@@ -217,11 +208,6 @@ def test_wrong_tables_fail_with_a_clear_error(doc: dict[str, Any]) -> None:
     parses_or_fails_cleanly(to_toml(doc))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: hosts.py does not catch the ValueError of urlsplit: a host 'https://[::1' or "
-    "'https://a\\uff03b' (a fullwidth '#') raises ValueError instead of FailedPrecondition",
-)
 @given(st.lists(odd_url, min_size=1, max_size=3))
 @example(["https://[::1"])
 @example(["https://a\uff03b"])
@@ -232,12 +218,6 @@ def test_any_host_url_parses_or_fails_cleanly(urls: list[str]) -> None:
 HOST_PORT = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: hosts.py keeps any netloc urlsplit gives: 'https://m:abc', 'https://a b' and "
-    "'https://m:99999' are accepted (the pull fails later) though its error says HOST[:PORT]; "
-    "containerd's url.Parse refuses them",
-)
 @given(st.lists(plain_url, min_size=1, max_size=3))
 @example(["https://m:abc"])
 @example(["https://a b"])
@@ -251,11 +231,6 @@ def test_accepted_hosts_are_host_and_port(urls: list[str]) -> None:
         assert HOST_PORT.match(h.netloc) and (not port or int(port) <= 65535), h.netloc
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: hosts.load_hosts catches TOMLDecodeError but not the UnicodeDecodeError of a file "
-    "that is not UTF-8 (b'\\xff'): it escapes instead of FailedPrecondition",
-)
 @given(st.binary(max_size=64))
 @example(b"\xff")
 def test_any_bytes_parse_or_fail_cleanly(data: bytes) -> None:

@@ -160,11 +160,6 @@ def test_any_text_parses_or_raises_invalid_argument(text: str) -> None:
     assert parse(str(ref)) == ref
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: reference.py's patterns end in '$' (matches before a final newline) and its tag pattern "
-    r"uses Unicode \w, so 'busybox\n' and 'busybox:é' are accepted; distribution/reference refuses both",
-)
 @given(mutated())
 @example("busybox\n")  # the minimal cases hypothesis finds: each fails now, and quickly
 @example("busybox:é")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cri.api.v1 import api_pb2 as pb
@@ -170,39 +170,22 @@ def damaged(draw: st.DrawFn, values: st.SearchStrategy[Any]) -> Any:
     return _damage(draw, draw(profiles()), values)
 
 
-def _arch_map_iterable(profile: Any) -> bool:
-    return not (isinstance(profile, dict) and isinstance(profile.get("archMap"), int) and profile["archMap"])
-
-
 @given(damaged(scalar), caps)
 @example({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_NOPE"}]}, frozenset())
 @example({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
           "includes": {"minKernel": "x.y"}}]}, frozenset())  # fmt: skip
 @example({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["x"], "archMap": []}, frozenset())
 def test_damaged_profiles_resolve_or_raise_invalid_argument(profile: Any, held: frozenset[str]) -> None:
-    assume(_arch_map_iterable(profile))  # a number there is the bug of the xfail test below
     resolves_or_is_invalid(profile, held)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: seccomp.resolve tests 'x in ACTIONS' / 'in OPERATORS' (frozensets) on values it has not "
-    "checked: a list or object as defaultAction, a rule's action or an arg's op raises TypeError (unhashable) "
-    "instead of InvalidArgument; a Localhost profile file can hold that",
-)
 @given(damaged(json_any), caps)
 @example({"defaultAction": []}, frozenset())
 @example({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": {}}]}, frozenset())
 def test_profiles_with_lists_and_objects_anywhere_raise_invalid_argument(profile: Any, held: frozenset[str]) -> None:
-    assume(_arch_map_iterable(profile))
     resolves_or_is_invalid(profile, held)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: seccomp.resolve iterates 'archMap or []' unchecked: 'archMap': 5 (or true) raises "
-    "TypeError (not iterable) instead of InvalidArgument",
-)
 @given(profiles(), scalar)
 @example({"defaultAction": "SCMP_ACT_ALLOW"}, 5)
 def test_any_arch_map_resolves_or_raises_invalid_argument(profile: dict[str, Any], arch_map: Any) -> None:
@@ -302,11 +285,6 @@ def test_localhost_files_load_or_raise_invalid_argument(data: bytes, held: froze
         os.unlink(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crid bug: seccomp.load_localhost lets json.loads' RecursionError out: a Localhost profile file "
-    "of 100000 '[' (well under MAX_PROFILE_BYTES) raises RecursionError instead of InvalidArgument",
-)
 @given(st.integers(1, 300_000))
 @example(100_000)
 def test_deeply_nested_localhost_files_raise_invalid_argument(depth: int) -> None:
