@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import IO, Any, TypeVar
 
 import aiohttp
 
@@ -42,12 +43,16 @@ from cri.images.reference import Reference, parse
 from cri.images.registry import Repository
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
-from cri.images.unpack import LayerStats, apply_layer
+from cri.images.stream import in_thread, settle_from_thread
+from cri.images.unpack import Applied, NeedsLowers, extract
 from cri.log import fields
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 CONFIG_MAX_BYTES = 8 * 1024 * 1024
+# layers unpacked from the content store at once (those of a download are bounded by the downloads)
+UNPACK_THREADS = max(2, os.cpu_count() or 1)
 _LIBC = ctypes.CDLL(None)
 
 
@@ -76,6 +81,7 @@ class Puller:
         self._pinned: list[set[str]] = []  # blobs and chain ids that in-flight pulls hold
         self._idle = asyncio.Event()  # set while no pull is in flight
         self._idle.set()
+        self._unpack_slots = asyncio.Semaphore(UNPACK_THREADS)
 
     def held(self) -> set[str]:
         """Blobs and chain ids in-flight pulls need: GC keeps them."""
@@ -210,7 +216,7 @@ class Puller:
             self.meta.remove_image(orphan)
         return config_digest
 
-    # --- blobs and snapshots ------------------------------------------------------
+    # --- layers: a snapshot each, in one pass with the download ---------------------
 
     def _progress_fn(self, digest: str) -> Callable[[int], None]:
         def report(n: int) -> None:
@@ -220,110 +226,245 @@ class Puller:
 
         return report
 
-    async def _fetch(self, repo: Repository, layer: Layer, limit: asyncio.Semaphore, progress: Progress) -> None:
-        if self.content.exists(layer.digest):
-            progress.have(layer.digest, layer.size)
+    def _snapshot_ready(self, chain_id: str) -> bool:
+        snap = self.meta.snapshots.get(chain_id)
+        return snap is not None and self.snapshots.exists(snap.num)
+
+    def _lowers(self, layers: list[Layer], i: int) -> list[str]:
+        return [self.snapshots.path(self.meta.snapshots[lay.chain_id].num) for lay in reversed(layers[:i])]
+
+    async def _unpack_all(self, repo: Repository, layers: list[Layer], progress: Progress) -> None:
+        """All layers at once, each into a snapshot of its own (they hold only their own
+        diff, so they are independent); only the commits follow the chain."""
+        limit = asyncio.Semaphore(self.config.images.max_concurrent_downloads)
+        sources = []
+        for layer in layers:
+            source = "snapshot" if self._snapshot_ready(layer.chain_id) else "content_store"
+            if source == "content_store" and not self.content.exists(layer.digest):
+                source = "registry"
+            else:
+                SKIPPED_BYTES.inc(layer.size)
+                progress.tick(layer.size)
+            LAYERS.labels(source).inc()
+            sources.append(source)
+        jobs = [
+            asyncio.ensure_future(self._layer(repo, layers, i, limit, progress, sources[i] == "registry"))
+            for i in range(len(layers))
+        ]
+        try:
+            for job in jobs:  # in chain order: the lowest failing layer is the one reported
+                await job
+        finally:
+            pending = [t for t in jobs if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            for t in jobs:  # failures after the first one are not news
+                if not t.cancelled():
+                    t.exception()
+
+    async def _layer(
+        self, repo: Repository, layers: list[Layer], i: int, limit: asyncio.Semaphore, progress: Progress, fetch: bool
+    ) -> None:
+        layer = layers[i]
+        if fetch:  # this pull's progress follows the download, whichever pull started it
+            self._listeners.setdefault(layer.digest, set()).add(progress)
+        try:
+            await self._unpacks.run(layer.chain_id, lambda: self._snapshot(repo, layers, i, limit, progress))
+            if fetch:
+                progress.have(layer.digest, layer.size)
+        finally:
+            listeners = self._listeners.get(layer.digest)
+            if fetch and listeners is not None:
+                listeners.discard(progress)
+                if not listeners:
+                    del self._listeners[layer.digest]
+
+    async def _snapshot(
+        self, repo: Repository, layers: list[Layer], i: int, limit: asyncio.Semaphore, progress: Progress
+    ) -> None:
+        """Make layer ``i``'s snapshot (shared by the pulls that need it: ``_unpacks``)."""
+        layer = layers[i]
+        if self._snapshot_ready(layer.chain_id):
             return
-        self._listeners.setdefault(layer.digest, set()).add(progress)
+        below: asyncio.Future[None] | None = None
+        if i and not self._snapshot_ready(layers[i - 1].chain_id):
+            # the layer below is made by its own task, joined here (it runs meanwhile); this one
+            # is unpacked without it, deferred, and finished once it is committed
+            below = asyncio.ensure_future(
+                self._unpacks.run(layers[i - 1].chain_id, lambda: self._snapshot(repo, layers, i - 1, limit, progress))
+            )
+        tmp = self.snapshots.new_tmp()
+        fs = os.path.join(tmp, "fs")
+        cancel = threading.Event()
+        work: list[asyncio.Future[Any]] = []  # threads writing into tmp: they stop before it goes
+        started = time.monotonic()
+        try:
+            try:
+                applied: Applied | None = await self._extract(
+                    repo, layer, fs, None if below else self._lowers(layers, i), limit, progress, cancel, work
+                )
+            except NeedsLowers:
+                if below is None:
+                    raise
+                applied = None  # unpacked again below, on top of its lowers
+            if below is not None:
+                await below
+                applied = await self._finish(layer, fs, applied, self._lowers(layers, i), progress, cancel, work)
+            assert applied is not None
+        except BaseException:
+            cancel.set()
+            if work:
+                await asyncio.wait(work)
+            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, tmp, True)
+            raise
+        finally:
+            if below is not None and not below.done():
+                below.cancel()
+                await asyncio.wait({below})
+            if below is not None and not below.cancelled():
+                below.exception()
+        stats = applied.stats
+        log.debug(
+            "layer unpacked",
+            extra=fields(digest=layer.digest, files=stats.inodes, seconds=round(time.monotonic() - started, 3)),
+        )
+        num = self.meta.next_snapshot_num()
+        self.snapshots.commit(tmp, num)
+        parent = layers[i - 1].chain_id if i else None
+        self.meta.put_snapshot(SnapshotRecord(layer.chain_id, num, parent, layer.diff_id, stats.bytes, stats.inodes))
+
+    async def _extract(
+        self,
+        repo: Repository,
+        layer: Layer,
+        target: str,
+        lowers: list[str] | None,
+        limit: asyncio.Semaphore,
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied:
+        """Unpack the layer while it downloads or, when its blob is in the content store (or
+        another download of it was under way), from the file."""
+        if not self.content.exists(layer.digest):
+            applied = await self._stream(repo, layer, target, lowers, limit, progress, cancel, work)
+            if applied is not None:
+                return applied
+        return await self._from_file(layer, target, lowers, progress, cancel, work)
+
+    async def _stream(
+        self,
+        repo: Repository,
+        layer: Layer,
+        target: str,
+        lowers: list[str] | None,
+        limit: asyncio.Semaphore,
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied | None:
+        """Download the blob into the content store, unpacking it in the same pass; None when
+        the download joined (one of another chain with the same blob) did not unpack it."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Applied] = loop.create_future()
+        outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+        def unpack(raw: IO[bytes]) -> None:  # in the ingest's thread, reading the blob as it arrives
+            try:
+                result = extract(raw, layer.compression, target, lowers, layer.diff_id, cancel)
+            except BaseException as exc:
+                settle_from_thread(loop, outcome, None, exc)
+            else:
+                settle_from_thread(loop, outcome, result, None)
+
+        attach = [unpack]  # taken by the download this call starts, not by one it joins
 
         async def download() -> None:
             async with limit:
                 if self.content.exists(layer.digest):
                     return
-                ingest = self.content.writer(layer.digest, layer.size)
+                consumer = attach[0] if attach else None
+                ingest = self.content.writer(layer.digest, layer.size, consumer)
+                if consumer is not None:
+                    attach.clear()
+                    work.append(outcome)
                 started = time.monotonic()
                 try:
                     await repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
-                    await ingest.commit()
-                finally:
+                    progress.busy += 1  # the unpack of the last bytes, the fsync
+                    try:
+                        await ingest.commit()
+                    finally:
+                        progress.busy -= 1
+                except BaseException:
                     ingest.discard()
+                    await ingest.wait()  # its thread has stopped and removed its file
+                    raise
                 log.debug(
                     "blob fetched",
                     extra=fields(digest=layer.digest, bytes=layer.size, seconds=round(time.monotonic() - started, 3)),
                 )
 
-        try:
-            await self._blobs.run(layer.digest, download)
-            progress.have(layer.digest, layer.size)
-        finally:
-            listeners = self._listeners.get(layer.digest)
-            if listeners is not None:
-                listeners.discard(progress)
-                if not listeners:
-                    del self._listeners[layer.digest]
+        await self._blobs.run(layer.digest, download)
+        if attach:
+            return None
+        return await asyncio.shield(outcome)
 
-    def _snapshot_ready(self, chain_id: str) -> bool:
-        snap = self.meta.snapshots.get(chain_id)
-        return snap is not None and self.snapshots.exists(snap.num)
+    async def _from_file(
+        self,
+        layer: Layer,
+        target: str,
+        lowers: list[str] | None,
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied:
+        path = self.content.path(layer.digest)
 
-    async def _unpack(self, layers: list[Layer], i: int, progress: Progress) -> None:
-        layer = layers[i]
-        loop = asyncio.get_running_loop()
+        def unpack() -> Applied:
+            with open(path, "rb") as raw:
+                return extract(raw, layer.compression, target, lowers, layer.diff_id, cancel)
 
-        async def unpack() -> None:
-            if self._snapshot_ready(layer.chain_id):
-                return
-            lowers = [self.snapshots.path(self.meta.snapshots[lay.chain_id].num) for lay in reversed(layers[:i])]
-            tmp = self.snapshots.new_tmp()
-            cancel = threading.Event()
-            work = loop.run_in_executor(
-                None,
-                apply_layer,
-                self.content.path(layer.digest),
-                layer.compression,
-                os.path.join(tmp, "fs"),
-                lowers,
-                layer.diff_id,
-                cancel,
-            )
-            progress.busy += 1
-            started = time.monotonic()
+        async with self._unpack_slots:
+            return await self._busy(in_thread(unpack, "crid-unpack"), progress, work)
+
+    async def _finish(
+        self,
+        layer: Layer,
+        target: str,
+        applied: Applied | None,
+        lowers: list[str],
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied:
+        """The lower layers are committed: apply what was deferred, or unpack the layer
+        again on top of them where deferring could not give the same tree."""
+        if applied is not None:
             try:
-                stats: LayerStats = await asyncio.shield(work)
-            except BaseException:
-                cancel.set()
-                await asyncio.wait({work})  # the thread must stop writing before its dir goes
-                await loop.run_in_executor(None, shutil.rmtree, tmp, True)
-                raise
-            finally:
-                progress.busy -= 1
-                progress.tick()
-            log.debug(
-                "layer unpacked",
-                extra=fields(digest=layer.digest, files=stats.inodes, seconds=round(time.monotonic() - started, 3)),
-            )
-            num = self.meta.next_snapshot_num()
-            self.snapshots.commit(tmp, num)
-            parent = layers[i - 1].chain_id if i else None
-            self.meta.put_snapshot(
-                SnapshotRecord(layer.chain_id, num, parent, layer.diff_id, stats.bytes, stats.inodes)
-            )
+                await self._busy(in_thread(lambda: applied.finish(lowers), "crid-unpack"), progress, work)
+                return applied
+            except NeedsLowers:
+                pass
+        log.debug("layer unpacked again on top of its lowers", extra=fields(digest=layer.digest))
+        await self._busy(in_thread(lambda: _empty(target), "crid-unpack"), progress, work)
+        return await self._from_file(layer, target, lowers, progress, cancel, work)
 
-        await self._unpacks.run(layer.chain_id, unpack)
-
-    async def _unpack_all(self, repo: Repository, layers: list[Layer], progress: Progress) -> None:
-        limit = asyncio.Semaphore(self.config.images.max_concurrent_downloads)
-        fetches: dict[int, asyncio.Task[None]] = {}
-        for i, layer in enumerate(layers):
-            source = "snapshot" if self._snapshot_ready(layer.chain_id) else "content_store"
-            if source == "content_store" and not self.content.exists(layer.digest):
-                source = "registry"
-                fetches[i] = asyncio.ensure_future(self._fetch(repo, layer, limit, progress))
-            else:
-                SKIPPED_BYTES.inc(layer.size)
-                progress.tick(layer.size)
-            LAYERS.labels(source).inc()
+    @staticmethod
+    async def _busy(job: "asyncio.Future[T]", progress: Progress, work: list[asyncio.Future[Any]]) -> T:
+        """Wait for a thread's job that makes no byte progress (the watchdog waits too)."""
+        work.append(job)
+        progress.busy += 1
         try:
-            for i in range(len(layers)):
-                if i in fetches:
-                    await fetches[i]
-                await self._unpack(layers, i, progress)
+            return await asyncio.shield(job)
         finally:
-            pending = [t for t in fetches.values() if not t.done()]
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending)
-            for t in fetches.values():  # failures after the first one are not news
-                if not t.cancelled():
-                    t.exception()
+            progress.busy -= 1
+            progress.tick()
+
+
+def _empty(target: str) -> None:
+    """An unpack's directory made empty again."""
+    shutil.rmtree(target)
+    os.mkdir(target, 0o755)
