@@ -9,6 +9,7 @@ never resumed or reused.
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import io
 import os
@@ -24,6 +25,11 @@ from cri.images.stream import Pipe, PipeClosed, in_thread
 
 # bytes of a download in flight between the event loop and its thread: a few of the registry's 1 MiB writes
 PIPE_BYTES = 8 * 1024 * 1024
+# an ingest file's pages are sent to the disk every this many bytes, not all at the final fsync:
+# the disk then writes while the rest downloads, and the fsync at the end of a layer is short
+WRITEBACK_BYTES = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2  # start the write-out of the range's dirty pages, do not wait for it
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class ContentStore:
@@ -108,6 +114,7 @@ class _Tee(io.RawIOBase):
         self._fd = fd
         self.hash = hashlib.sha256()
         self.count = 0
+        self._synced = 0  # bytes whose write-out has been started
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:
@@ -121,6 +128,14 @@ class _Tee(io.RawIOBase):
         self.hash.update(data)
         self.count += len(data)
         self._pending = memoryview(data)
+        if self.count - self._synced >= WRITEBACK_BYTES:  # best effort: the fsync at the end is what counts
+            _LIBC.sync_file_range(
+                self._fd,
+                ctypes.c_int64(self._synced),
+                ctypes.c_int64(self.count - self._synced),
+                _SYNC_FILE_RANGE_WRITE,
+            )
+            self._synced = self.count
         return True
 
     def readinto(self, b: "memoryview | bytearray") -> int:  # type: ignore[override]

@@ -382,7 +382,9 @@ class Puller:
         attach = [unpack]  # taken by the download this call starts, not by one it joins
 
         async def download() -> None:
-            async with limit:
+            held: asyncio.Semaphore | None = limit
+            await limit.acquire()
+            try:
                 if self.content.exists(layer.digest):
                     return
                 consumer = attach[0] if attach else None
@@ -393,6 +395,8 @@ class Puller:
                 started = time.monotonic()
                 try:
                     await repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
+                    limit.release()  # downloaded: the next layer's download starts during this one's tail
+                    held = None
                     progress.busy += 1  # the unpack of the last bytes, the fsync
                     try:
                         await ingest.commit()
@@ -402,6 +406,9 @@ class Puller:
                     ingest.discard()
                     await ingest.wait()  # its thread has stopped and removed its file
                     raise
+            finally:
+                if held is not None:
+                    held.release()
                 log.debug(
                     "blob fetched",
                     extra=fields(digest=layer.digest, bytes=layer.size, seconds=round(time.monotonic() - started, 3)),
