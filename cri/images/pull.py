@@ -5,6 +5,26 @@ platform from an index, verifies every manifest, config and layer against
 its digest and size, stores blobs in the content store and unpacks each
 layer once into a snapshot keyed by its chain id; only then is the image
 recorded. Blob downloads and unpacks are shared between concurrent pulls.
+
+Each layer takes one pass over its bytes, as they arrive: the download runs
+on the event loop and only hands the bytes to a thread of the layer's own
+(content.Ingest), which writes them to the ingest file, hashes them (the
+digest check), decompresses them and unpacks the tar into the layer's tmp
+snapshot dir (unpack.extract, hashing the diff_id). Nothing is written and
+read back. A broken download resumes with Range and the pass goes on where
+it was; a server that ignores Range sends the start again, which is skipped.
+The blob is committed to the content store only if size and digest match,
+the snapshot only if the diff_id does too, and a digest mismatch is what is
+reported even when the broken bytes broke the unpack first.
+
+All layers are unpacked at once: each snapshot holds only its own diff, so
+they are independent, except for what an unpack reads in the layers below
+(implied dirs' owner and mode, lower non-directories refused, hardlinks to
+lower files). A layer whose lowers are not committed yet is unpacked
+deferred and finished once they are (unpack.Applied.finish); where that
+could differ from unpacking on top of them (unpack.NeedsLowers) it is
+unpacked again from the content store on top of them. Commits follow the
+chain: a layer's snapshot is committed after the one below it.
 """
 
 import asyncio
