@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -250,9 +251,14 @@ def pull_floor(t: MachineTarget, p: Params) -> dict[str, list[float] | NotSuppor
     for name, image in (("big", p.images.big), ("small", p.images.small)):
         tars = layer_tars(image, p.workdir)
         for _ in range(p.count):
+            # each from a clean page cache state: what the runtimes' GC and earlier rounds left dirty
+            # is written out first (untimed), not charged to the next measurement
+            os.sync()
             down = download_seconds(image)
             stream = stream_seconds(image)
+            os.sync()
             untar = untar_seconds(tars, p.workdir)
+            os.sync()
             floor = floor_seconds(image, p.workdir)
             for key, value in (("download", down), ("stream", stream), ("untar", untar), ("floor", floor)):
                 samples = out[f"{name}.{key}"]
