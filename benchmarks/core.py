@@ -5,6 +5,8 @@ runtime such as crid or containerd, or a bare OCI runtime such as runc for the
 floor) and the round's parameters, and returns samples: a list, or for a
 workload that measures several things at once (RunPodSandbox, StopPodSandbox
 and RemovePodSandbox of the same pods) one list per declared :class:`Row`.
+A *machine* workload measures the machine itself with no runtime at all (the
+floor of a cold pull); its one target is "machine".
 A target that cannot do the workload raises :class:`NotSupported` (the harness
 also turns an ``UNIMPLEMENTED`` gRPC status into it); the workload is then
 reported as not supported for that target, with the reason, never dropped. A
@@ -22,11 +24,12 @@ from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 
 Unit = Literal["s", "bytes", "MB/s"]
-Kind = Literal["cri", "oci"]
+Kind = Literal["cri", "oci", "machine"]
 
 # the targets of each kind of workload, in the order of the A/B alternation
 CRI_TARGETS = ("crid", "containerd")
 OCI_TARGETS = ("runc", "crun")
+MACHINE_TARGETS = ("machine",)
 
 IMAGE_RPCS = {"ListImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo"}
 
@@ -97,6 +100,13 @@ class OciTarget:
 
 
 @dataclass
+class MachineTarget:
+    """The bare machine: tools (curl, GNU tar) and Python's C libraries on the test registry's blobs."""
+
+    name: str  # "machine"
+
+
+@dataclass
 class Params:
     count: int  # samples (iterations) per round
     round: int  # 0-based round of the A/B alternation
@@ -113,7 +123,7 @@ class Row:
     unit: Unit = "s"
 
 
-T = TypeVar("T", CriTarget, OciTarget)
+T = TypeVar("T", CriTarget, OciTarget, MachineTarget)
 RowSamples = dict[str, list[float] | NotSupported]
 Samples = list[float] | RowSamples
 
@@ -134,7 +144,7 @@ class Workload(Generic[T]):
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return CRI_TARGETS if self.kind == "cri" else OCI_TARGETS
+        return {"cri": CRI_TARGETS, "oci": OCI_TARGETS, "machine": MACHINE_TARGETS}[self.kind]
 
 
 REGISTRY: dict[str, Workload[Any]] = {}
@@ -142,6 +152,7 @@ REGISTRY: dict[str, Workload[Any]] = {}
 CriFn = Callable[[CriTarget, Params], list[float]]
 CriRowsFn = Callable[[CriTarget, Params], RowSamples]
 OciFn = Callable[[OciTarget, Params], list[float]]
+MachineRowsFn = Callable[[MachineTarget, Params], RowSamples]
 
 
 def _register(workload: Workload[Any]) -> None:
@@ -197,6 +208,23 @@ def oci_workload(
 
     def deco(fn: OciFn) -> OciFn:
         _register(Workload[OciTarget](name, title, "oci", unit, count, fn, runs=runs))
+        return fn
+
+    return deco
+
+
+def machine_rows_workload(
+    name: str, rows: tuple[Row, ...], *, count: int = 1, runs: int = 3, needs_images: bool = False
+) -> Callable[[MachineRowsFn], MachineRowsFn]:
+    """Register a workload run once per round on the bare machine (``fn`` returns {row key: samples})."""
+
+    def deco(fn: MachineRowsFn) -> MachineRowsFn:
+        title = ", ".join(r.title for r in rows)
+        _register(
+            Workload[MachineTarget](
+                name, title, "machine", rows[0].unit, count, fn, (), needs_images, runs, tuple(rows)
+            )
+        )
         return fn
 
     return deco

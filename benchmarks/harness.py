@@ -9,7 +9,8 @@ smoke test use it). In a temporary dir it:
   hosts.toml for that registry and a bridge network of its own (different
   bridge names and subnets, host-local IPAM state in the run's dir);
   containerd's sandbox_image is the pushed pause image;
-- builds the floor's busybox bundle (if a floor workload is selected);
+- builds the floor's busybox bundle (if an OCI runtime workload is selected);
+  machine workloads (the floor of a pull) need only the registry;
 - runs each workload for its number of rounds, alternating the targets
   inside every round (crid, containerd, crid, containerd, ...) so that drift
   hits both;
@@ -54,6 +55,7 @@ from benchmarks.core import (
     REGISTRY,
     CriTarget,
     ImageSizes,
+    MachineTarget,
     NotSupported,
     OciTarget,
     Params,
@@ -121,6 +123,7 @@ class Results:
 
 def select(names: list[str] | None) -> list[Workload[Any]]:
     import benchmarks.exec_workloads
+    import benchmarks.pull_floor
     import benchmarks.stats_workloads
     import benchmarks.workloads  # noqa: F401
 
@@ -351,10 +354,12 @@ class Bench:
             self.stack.callback(delete_oci_containers, binary, root)
             self.oci[name] = OciTarget(name, binary, root, bundle)
 
-    def target(self, workload: Workload[Any], name: str) -> CriTarget | OciTarget:
+    def target(self, workload: Workload[Any], name: str) -> CriTarget | OciTarget | MachineTarget:
+        if workload.kind == "machine":
+            return MachineTarget(name)
         return self.cri[name] if workload.kind == "cri" else self.oci[name]
 
-    def check(self, workload: Workload[Any], target: CriTarget | OciTarget, params: Params) -> None:
+    def check(self, workload: Workload[Any], target: CriTarget | OciTarget | MachineTarget, params: Params) -> None:
         """Raise NotSupported if a needed RPC is UNIMPLEMENTED or a prerequisite is missing."""
         if isinstance(target, CriTarget):
             for rpc in workload.rpcs:

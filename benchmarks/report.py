@@ -34,6 +34,7 @@ def summary(samples: list[float]) -> dict[str, float | int]:
         "count": len(s),
         "p50": percentile(s, 50),
         "p95": percentile(s, 95),
+        "p99": percentile(s, 99),
         "max": s[-1],
         "min": s[0],
         "mean": sum(s) / len(s),
@@ -129,9 +130,10 @@ def one_line(result: "WorkloadResult") -> str:
     parts = []
     for name, o in result.outcomes.items():
         if o.status == "ok" and o.samples:
-            p50 = summary(o.samples)["p50"]
-            div, label = scale(w.unit, p50)
-            parts.append(f"{name} p50 {fmt(p50, div, label)} (n={len(o.samples)})")
+            stats = summary(o.samples)
+            div, label = scale(w.unit, stats["p50"])
+            tail = f", p99 {fmt(stats['p99'], div, label)}" if len(o.samples) >= 100 else ""
+            parts.append(f"{name} p50 {fmt(stats['p50'], div, label)}{tail} (n={len(o.samples)})")
         else:
             parts.append(f"{name} {o.status}")
     return f"{w.name}: {'; '.join(parts)} [{result.seconds:.1f}s]"
@@ -170,7 +172,20 @@ def to_json(results: "Results") -> dict[str, Any]:
         "versions": results.versions,
         "options": results.options,
         "workloads": workloads,
+        "pull_floor_ratios": pull_floor_ratios(workloads),
     }
+
+
+def pull_floor_ratios(workloads: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per image and runtime: the cold pull's p50 seconds / the machine's floor p50 (benchmarks/pull_floor.py)."""
+    out: dict[str, dict[str, float]] = {}
+    for image in ("big", "small"):
+        floor = workloads.get(f"pull_floor.{image}.floor", {}).get("results", {}).get("machine", {})
+        pulls = workloads.get(f"image_pull_{image}.seconds", {}).get("results", {})
+        for runtime, res in pulls.items():
+            if floor.get("status") == "ok" and res.get("status") == "ok" and floor["p50"]:
+                out.setdefault(image, {})[runtime] = res["p50"] / floor["p50"]
+    return out
 
 
 def _cells(o_json: dict[str, Any], div: float, label: str) -> list[str]:
@@ -218,17 +233,20 @@ def to_markdown(results: "Results") -> str:
         if o_json["status"] != "ok":
             notes.append(f"- {name}, {target}: {o_json['status']}: {o_json['reason']}")
 
-    floor_rows = []
+    floor_rows: list[str] = []
+    machine_rows: list[str] = []
     for r in results.workloads:
         entry = data["workloads"][r.workload.name]
         res = entry["results"]
         p50s = [v["p50"] for v in res.values() if v["status"] == "ok"]
         div, label = scale(r.workload.unit, max(p50s) if p50s else 0.0)
-        if r.workload.kind == "oci":
+        if r.workload.kind != "cri":
             for target, o_json in res.items():
                 count = str(o_json.get("count", ""))
                 row = " | ".join(_cells(o_json, div, label))
-                floor_rows.append(f"| {title(r, target)} | {row} | {count} |")
+                (floor_rows if r.workload.kind == "oci" else machine_rows).append(
+                    f"| {title(r, target)} | {row} | {count} |"
+                )
                 note(r.workload.name, target, o_json)
             continue
         rt = entry["ratio_p50_crid_containerd"]
@@ -244,6 +262,21 @@ def to_markdown(results: "Results") -> str:
             "| operation | p50 | p95 | max | count |",
             "|---|---:|---:|---:|---:|",
             *floor_rows,
+        ]
+    if machine_rows:
+        ratios = [
+            f"{image}: " + ", ".join(f"{runtime} {v:.2f}" for runtime, v in by_runtime.items())
+            for image, by_runtime in data["pull_floor_ratios"].items()
+        ]
+        lines += [
+            "",
+            "Floor of a cold pull: the machine alone, no runtime (benchmarks/pull_floor.py):",
+            "",
+            "| operation | p50 | p95 | max | count |",
+            "|---|---:|---:|---:|---:|",
+            *machine_rows,
+            "",
+            "Cold pull seconds / floor (p50s): " + ("; ".join(ratios) or "no cold pull measured") + ".",
         ]
     if notes:
         lines += ["", "Not supported or failed:", "", *notes]

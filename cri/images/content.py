@@ -9,15 +9,27 @@ never resumed or reused.
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import IO, cast
 
 from cri.errors import FailedPrecondition
 from cri.images.reference import SHA256_RE
 from cri.images.registry import BlobSink
+from cri.images.stream import Pipe, PipeClosed, in_thread
+
+# bytes of a download in flight between the event loop and its thread: a few of the registry's 1 MiB writes
+PIPE_BYTES = 8 * 1024 * 1024
+# an ingest file's pages are sent to the disk every this many bytes, not all at the final fsync:
+# the disk then writes while the rest downloads, and the fsync at the end of a layer is short
+WRITEBACK_BYTES = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2  # start the write-out of the range's dirty pages, do not wait for it
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class ContentStore:
@@ -70,8 +82,9 @@ class ContentStore:
             _unlink(tmp)
             raise
 
-    def writer(self, digest: str, size: int) -> "Ingest":
-        return Ingest(self, digest, size)
+    def writer(self, digest: str, size: int, consumer: "Callable[[IO[bytes]], None] | None" = None) -> "Ingest":
+        """A download's sink (on the event loop); ``consumer`` reads the blob in the same pass."""
+        return Ingest(self, digest, size, consumer)
 
 
 def _unlink(path: str) -> None:
@@ -87,62 +100,135 @@ def verify_bytes(data: bytes, digest: str, size: int | None, what: str) -> None:
         raise FailedPrecondition(f"{what} {digest}: digest mismatch: content hashes to {got}")
 
 
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class _Tee(io.RawIOBase):
+    """The blob as it arrives, to read in the ingest's thread: each chunk is
+    written to the ingest file and hashed as it comes out of the pipe."""
+
+    def __init__(self, pipe: Pipe, fd: int) -> None:
+        self._pipe = pipe
+        self._fd = fd
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self._synced = 0  # bytes whose write-out has been started
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        data = self._pipe.get()
+        if not data:
+            return False
+        _write_all(self._fd, memoryview(data))
+        self.hash.update(data)
+        self.count += len(data)
+        self._pending = memoryview(data)
+        if self.count - self._synced >= WRITEBACK_BYTES:  # best effort: the fsync at the end is what counts
+            _LIBC.sync_file_range(
+                self._fd,
+                ctypes.c_int64(self._synced),
+                ctypes.c_int64(self.count - self._synced),
+                _SYNC_FILE_RANGE_WRITE,
+            )
+            self._synced = self.count
+        return True
+
+    def readinto(self, b: "memoryview | bytearray") -> int:  # type: ignore[override]
+        if not self._pending and not self._next():
+            return 0
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def drain(self) -> None:
+        self._pending = memoryview(b"")
+        while self._next():
+            pass
+
+
 class Ingest(BlobSink):
-    """One blob being downloaded: an ingest file, hashed on the fly.
+    """One blob being downloaded into an ingest file.
 
-    Writes and hashing run in a worker thread so that the event loop stays free.
-    """
+    The event loop only hands the bytes over (a bounded pipe); a thread of
+    the blob's own writes and hashes them and, with a ``consumer`` (a
+    layer's unpack), lets it read them in the same pass, then reads what the
+    consumer left and checks size and digest before the blob is committed.
+    The consumer reports its own outcome; whatever it does, the blob's
+    verdict is the digest's."""
 
-    def __init__(self, store: ContentStore, digest: str, size: int) -> None:
+    def __init__(
+        self, store: ContentStore, digest: str, size: int, consumer: Callable[[IO[bytes]], None] | None = None
+    ) -> None:
         self.store = store
         self.digest = digest
         self.size = size
         fd, self.tmp = tempfile.mkstemp(dir=store.ingest_dir, prefix=digest.removeprefix("sha256:")[:12] + "-")
-        self._file = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
-        self._offset = 0
+        self._pipe = Pipe(PIPE_BYTES)
+        self._offset = 0  # where the next write lands in the blob (a resumed download's Range)
+        self._fed = 0  # bytes given to the thread: a download started over does not give them again
+        self._job = in_thread(lambda: self._run(fd, consumer), "crid-ingest")
 
     @property
     def offset(self) -> int:
         return self._offset
 
-    def _write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._hash.update(data)
-
     async def write(self, data: bytes) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._write, data)
-        self._offset += len(data)
+        end = self._offset + len(data)
+        if end > self._fed:
+            try:
+                await self._pipe.put(data[self._fed - self._offset :] if self._fed > self._offset else data)
+            except PipeClosed:
+                await asyncio.shield(self._job)  # the thread failed: its error
+                raise FailedPrecondition(f"blob {self.digest}: ingest ended early") from None
+            self._fed = end
+        self._offset = end
 
     async def reset(self) -> None:
-        self._file.seek(0)
-        self._file.truncate()
-        self._hash = hashlib.sha256()
+        """The server ignored Range and sends the blob from its start: what the
+        thread has had already is skipped (the digest checks all of it)."""
         self._offset = 0
 
-    def _commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.rename(self.tmp, self.store.path(self.digest))
-
     async def commit(self) -> None:
-        """Verify size and digest, then move the blob into place; on a mismatch
-        the ingest file is discarded and the error names the blob."""
-        try:
-            if self._offset != self.size:
-                raise FailedPrecondition(
-                    f"blob {self.digest}: size mismatch: got {self._offset} bytes, expected {self.size}"
-                )
-            got = "sha256:" + self._hash.hexdigest()
-            if got != self.digest:
-                raise FailedPrecondition(f"blob {self.digest}: digest mismatch: content hashes to {got}")
-            await asyncio.get_running_loop().run_in_executor(None, self._commit)
-        except BaseException:
-            self.discard()
-            raise
+        """Wait for the verdict: the blob is in place, or the error names it (the
+        ingest file is gone)."""
+        self._pipe.close()
+        await asyncio.shield(self._job)
 
     def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        """Give up (the thread stops and removes its file); ``wait`` for it."""
+        self._pipe.abort()
         _unlink(self.tmp)
+
+    async def wait(self) -> None:
+        await asyncio.wait({self._job})
+
+    def _run(self, fd: int, consumer: Callable[[IO[bytes]], None] | None) -> None:
+        tee = _Tee(self._pipe, fd)
+        try:
+            if consumer is not None:
+                consumer(cast(IO[bytes], tee))
+            tee.drain()
+            if tee.count != self.size:
+                raise FailedPrecondition(
+                    f"blob {self.digest}: size mismatch: got {tee.count} bytes, expected {self.size}"
+                )
+            got = "sha256:" + tee.hash.hexdigest()
+            if got != self.digest:
+                raise FailedPrecondition(f"blob {self.digest}: digest mismatch: content hashes to {got}")
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.rename(self.tmp, self.store.path(self.digest))
+        except BaseException:
+            _unlink(self.tmp)
+            raise
+        finally:
+            self._pipe.stop()
+            if fd >= 0:
+                os.close(fd)

@@ -309,21 +309,23 @@ class Repository:
             async def read(resp: aiohttp.ClientResponse) -> None:
                 if sink.offset and resp.status != 206:
                     await sink.reset()  # the server ignored Range: start over
-                buf = bytearray()
+                chunks: list[bytes] = []  # joined once per CHUNK_BYTES: one copy on the event loop
+                pending = 0
                 try:
                     async for chunk in resp.content.iter_any():
-                        buf += chunk
+                        chunks.append(chunk)
+                        pending += len(chunk)
                         progress(len(chunk))
-                        if sink.offset + len(buf) > size:
+                        if sink.offset + pending > size:
                             raise FailedPrecondition(
                                 f"blob {digest} is larger than its descriptor says ({size} bytes): digest mismatch"
                             )
-                        if len(buf) >= CHUNK_BYTES:
-                            await sink.write(bytes(buf))
-                            buf.clear()
+                        if pending >= CHUNK_BYTES:
+                            data, chunks, pending = b"".join(chunks), [], 0
+                            await sink.write(data)
                 finally:
-                    if buf:  # what arrived before a break is kept: the retry resumes after it
-                        await sink.write(bytes(buf))
+                    if chunks:  # what arrived before a break is kept: the retry resumes after it
+                        await sink.write(b"".join(chunks))
                 if sink.offset < size:
                     raise _Retryable(f"blob {digest} ended after {sink.offset} of {size} bytes")
 

@@ -21,25 +21,38 @@ their symlinks), so nothing outside the snapshots is read, written or removed.
 Streams that end right after a complete member, without the padding and the
 two zero blocks of a proper end of archive (umoci writes such layers; GNU tar
 and containerd accept them), are accepted; a member cut short is not.
+
+The layer is read as a stream: the content store's file, or the download
+itself as it arrives (cri/images/pull.py). tarfile parses the headers only;
+a regular file's data goes from the decompressor to its file in large
+blocks, hashed on the way, with no per-block Python in between.
+
+Layers are unpacked in parallel, before the layers below them are on disk:
+what reads the lower layers is then deferred (``lowers=None``). Implied
+parent directories are made as if nothing were below, and their checks and
+owner/mode from below are applied by ``Applied.finish`` once the lower layers
+are committed, before the directories' own metadata: the tree is the one an
+unpack on top of them makes. Where deferring could not give that same tree,
+the unpack raises ``NeedsLowers`` and the caller unpacks the layer again on
+top of its lowers: a hardlink to a file not in this layer (copied up from
+below), a lower directory with the setgid bit (what is made in an implied
+copy of it inherits its group), or any failure after an implied directory
+(on top of its lowers the unpack may fail earlier, and differently).
 """
 
-import contextlib
 import errno
-import hashlib
 import logging
 import os
 import shutil
 import stat
 import tarfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-import zstandard
-from isal import igzip_lib, igzip_threaded
-
 from cri.errors import CridError, FailedPrecondition, ResourceExhausted
+from cri.images.layer_stream import COPY_CHUNK, DECOMPRESS_ERRORS, Cancelled, LayerReader, decompressed
+from cri.images.lowers import OPAQUE_XATTR, LowerView
 from cri.log import fields
 
 log = logging.getLogger(__name__)
@@ -47,32 +60,22 @@ log = logging.getLogger(__name__)
 OPAQUE = ".wh..wh..opq"
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
-OPAQUE_XATTR = "trusted.overlay.opaque"
 _XATTR_PAX = "SCHILY.xattr."
 # an image may carry file capabilities and user xattrs; overlay/trusted ones
 # would let a layer forge whiteouts or redirects, so they are dropped
 _ALLOWED_XATTR_PREFIXES = ("security.", "user.")
-_COPY_CHUNK = 1024 * 1024
-# isal's stub declares IsalError as an instance; at run time it is a class
-_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    EOFError,
-    zstandard.ZstdError,
-    igzip_lib.IsalError,  # type: ignore[assignment]
-)
-# padding of a last member plus the two zero blocks: what a stream may lack at its end
-_END_OF_ARCHIVE = tarfile.BLOCKSIZE - 1 + 2 * tarfile.BLOCKSIZE
-_SYMLINK_DEPTH = 40  # as the kernel's limit on nested symlinks
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+__all__ = ["OPAQUE_XATTR", "Applied", "Cancelled", "LayerStats", "NeedsLowers", "UnsafeLayer", "apply_layer", "extract"]
 
 
 class UnsafeLayer(FailedPrecondition):
     """A layer entry that would escape its snapshot, or is otherwise refused."""
 
 
-class Cancelled(Exception):
-    """The pull was cancelled while this layer was being applied."""
+class NeedsLowers(Exception):
+    """Unpacked without its lower layers, this layer could differ: unpack it on top of them."""
 
 
 @dataclass
@@ -80,56 +83,6 @@ class LayerStats:
     diff_id: str
     bytes: int
     inodes: int
-
-
-class _HashingReader:
-    """Hashes and counts everything read through it. At the end of the real
-    bytes it serves up to one end-of-archive's worth of zeros (not hashed), so
-    that tarfile accepts a stream without its end blocks; ``end`` then says
-    where the real bytes stopped, for the check that no member used the zeros."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.count = 0
-        self.end: int | None = None
-        self._zeros = _END_OF_ARCHIVE
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n) if self.end is None else b""
-        if data:
-            self.hash.update(data)
-            self.count += len(data)
-            return data
-        if n == 0:
-            return b""
-        if self.end is None:
-            self.end = self.count
-        give = self._zeros if n < 0 else min(n, self._zeros)
-        self._zeros -= give
-        return bytes(give)
-
-    def drain(self) -> None:
-        while self.read(_COPY_CHUNK):
-            pass
-
-
-@contextlib.contextmanager
-def _decompressed(path: str, compression: str) -> Iterator[IO[bytes]]:
-    if compression == "gzip":
-        with igzip_threaded.open(path, "rb", threads=1) as f:  # type: ignore[no-untyped-call]
-            yield f
-    elif compression == "zstd":
-        with (
-            open(path, "rb") as raw,
-            zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as f,
-        ):
-            yield f
-    elif compression == "none":
-        with open(path, "rb") as f:
-            yield f
-    else:
-        raise FailedPrecondition(f"unknown layer compression {compression!r}")
 
 
 def _clean(name: str, entry: str) -> list[str]:
@@ -147,97 +100,34 @@ def _clean(name: str, entry: str) -> list[str]:
     return parts
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def _is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
-def _link_parts(parts: list[str], linkname: str) -> list[str]:
-    """Where the symlink at ``parts`` points, as components from the root;
-    ``..`` stops at the root, as inside a chroot."""
-    out = [] if linkname.startswith("/") else list(parts[:-1])
-    for comp in linkname.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if out:
-                out.pop()
-        else:
-            out.append(comp)
-    return out
-
-
 class _Applier:
-    def __init__(self, target: str, lowers: list[str], cancel: threading.Event | None) -> None:
+    def __init__(self, target: str, lowers: list[str] | None, cancel: threading.Event | None) -> None:
         self.target = target
-        self.lowers = lowers  # top-most first
+        self.view = LowerView(lowers) if lowers is not None else None  # None: deferred
         self.cancel = cancel
         # directories whose metadata is set at the end (their entries would change their mtimes):
         # kept as components, opened again without following any link (a later entry may have
         # replaced one with a symlink)
         self.dirs: list[tuple[list[str], tarfile.TarInfo]] = []
+        self.implied: list[tuple[list[str], str]] = []  # (parts, entry) of dirs made while deferred
         self.bytes = 0
         self.inodes = 0
 
-    # --- lookups -----------------------------------------------------------
-
-    def _lower(self, parts: list[str]) -> tuple[str, os.stat_result] | None:
-        """The entry at ``parts`` in the merged view of the lower layers, as
-        overlayfs shows it: (its path, its lstat), or None when absent, whited
-        out, or below a component that is not a directory there (which this
-        layer's own directory then hides). Each layer is walked one checked
-        component at a time, so no host symlink is ever followed."""
-        layers = self.lowers
-        found: tuple[str, os.stat_result] | None = None
-        for i in range(len(parts)):
-            if found is not None and not stat.S_ISDIR(found[1].st_mode):
-                return None
-            rel = os.path.join(*parts[: i + 1])
-            found, below = None, []
-            for lower in layers:
-                path = os.path.join(lower, rel)
-                try:
-                    st = os.lstat(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                if _is_whiteout(st) or (found is not None and not stat.S_ISDIR(st.st_mode)):
-                    break
-                if found is None:
-                    found = (path, st)
-                if not stat.S_ISDIR(st.st_mode):
-                    break
-                below.append(lower)
-                if _is_opaque(path):
-                    break
-            if found is None:
-                return None
-            layers = below
-        return found
-
-    def _lower_dir(self, parts: list[str], depth: int = 0) -> os.stat_result | None:
-        """The directory at ``parts`` in the lower layers' view, following
-        their symlinks inside the image; None if it is not a directory."""
-        for i in range(len(parts)):
-            hit = self._lower(parts[: i + 1])
-            if hit is None:
-                return None
-            path, st = hit
-            if stat.S_ISLNK(st.st_mode):
-                if depth >= _SYMLINK_DEPTH:
-                    return None
-                target = _link_parts(parts[: i + 1], os.readlink(path))
-                return self._lower_dir(target + parts[i + 1 :], depth + 1)
-            if not stat.S_ISDIR(st.st_mode):
-                return None
-            if i == len(parts) - 1:
-                return st
-        return None
+    def _like(self, view: LowerView, parts: list[str], entry: str) -> os.stat_result | None:
+        """For a directory this layer implies: refuse it over a lower non-directory, and
+        return the lower directory whose owner and mode it takes, if any."""
+        rel = "/".join(parts)
+        hit = view.entry(parts)
+        if hit is not None and stat.S_ISLNK(hit[1].st_mode):
+            log.info(
+                "layer path through a lower layer's symlink: made a real directory, which hides the symlink",
+                extra=fields(entry=entry, symlink=rel),
+            )
+        elif hit is not None and not stat.S_ISDIR(hit[1].st_mode):
+            raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory in a lower layer")
+        # owner and mode of the directory the lower layers show there, through their
+        # symlinks (containerd resolves each implied parent in the parents so)
+        return view.directory(parts)
 
     def _parent(self, parts: list[str], entry: str) -> str:
         """Make sure the directories ``parts`` exist in the snapshot, refusing
@@ -259,23 +149,41 @@ class _Applier:
                         "(refused for safety: the layer could aim it outside the root)"
                     )
                 raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory")
-            hit = self._lower(parts[: i + 1])
-            if hit is not None and stat.S_ISLNK(hit[1].st_mode):
-                log.info(
-                    "layer path through a lower layer's symlink: made a real directory, which hides the symlink",
-                    extra=fields(entry=entry, symlink=rel),
-                )
-            elif hit is not None and not stat.S_ISDIR(hit[1].st_mode):
-                raise UnsafeLayer(f"layer entry {entry!r}: {rel!r} is not a directory in a lower layer")
-            # owner and mode of the directory the lower layers show there, through their
-            # symlinks (containerd resolves each implied parent in the parents so)
-            like = self._lower_dir(parts[: i + 1])
-            os.mkdir(path, 0o755)
-            if like is not None:  # keep the lower dir's owner and mode on the implied copy
-                os.lchown(path, like.st_uid, like.st_gid)
-                os.chmod(path, stat.S_IMODE(like.st_mode))
+            if self.view is None:
+                os.mkdir(path, 0o755)
+                self.implied.append((parts[: i + 1], entry))
+            else:
+                like = self._like(self.view, parts[: i + 1], entry)
+                os.mkdir(path, 0o755)
+                if like is not None:  # keep the lower dir's owner and mode on the implied copy
+                    os.lchown(path, like.st_uid, like.st_gid)
+                    os.chmod(path, stat.S_IMODE(like.st_mode))
             self.inodes += 1
         return path
+
+    def finish(self, lowers: list[str]) -> None:
+        """Deferred: what needed the lower layers, now that they are committed. A
+        dir implied again after it went is checked again and gets the same owner; a
+        dir the layer then made itself gets its own metadata below, after this."""
+        view = LowerView(lowers)
+        for parts, entry in self.implied:
+            like = self._like(view, parts, entry)
+            if like is None:
+                continue
+            if like.st_mode & stat.S_ISGID:  # made on top of it, its children would have inherited its group
+                raise NeedsLowers(f"layer entry {entry!r}: an implied copy of a setgid directory")
+            try:
+                fd = self._open_dir(parts)
+                if fd is None:
+                    continue  # replaced later in the layer
+                try:
+                    os.fchown(fd, like.st_uid, like.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(like.st_mode))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise _entry_error(entry, exc) from None
+        self._dir_meta()
 
     @staticmethod
     def _remove(path: str) -> None:
@@ -317,12 +225,19 @@ class _Applier:
 
     # --- entries -----------------------------------------------------------
 
-    def _file(self, path: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def _file(self, path: str, member: tarfile.TarInfo, tar: tarfile.TarFile, reader: LayerReader) -> None:
         fd = os.open(path, _FILE_FLAGS, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            src = tar.extractfile(member)
-            if src is not None:
-                shutil.copyfileobj(src, out, _COPY_CHUNK)
+        try:
+            if member.sparse is None:
+                reader.seek(member.offset_data)
+                reader.copy(fd, member.size, self.cancel, member.name)
+            else:  # GNU sparse: tarfile knows where the holes go
+                with os.fdopen(os.dup(fd), "wb") as out:
+                    src = tar.extractfile(member)
+                    if src is not None:
+                        shutil.copyfileobj(src, out, COPY_CHUNK)
+        finally:
+            os.close(fd)
         self.bytes += member.size
 
     def _hardlink(self, path: str, member: tarfile.TarInfo, entry: str) -> None:
@@ -333,7 +248,9 @@ class _Applier:
         try:
             st = os.lstat(source)
         except FileNotFoundError:
-            lower = self._lower(parts)
+            if self.view is None:
+                raise NeedsLowers(f"layer entry {entry!r} links to a file of a lower layer") from None
+            lower = self.view.entry(parts)
             if lower is None or not stat.S_ISREG(lower[1].st_mode):
                 raise UnsafeLayer(f"layer entry {entry!r} links to {member.linkname!r}, which does not exist") from None
             shutil.copy2(lower[0], source, follow_symlinks=False)  # copy up, as overlayfs would
@@ -342,46 +259,59 @@ class _Applier:
             raise UnsafeLayer(f"layer entry {entry!r} is a hardlink to the directory {member.linkname!r}")
         os.link(source, path, follow_symlinks=False)
 
-    def apply(self, tar: tarfile.TarFile, reader: _HashingReader) -> None:
+    def apply(self, tar: tarfile.TarFile, reader: LayerReader) -> None:
         for member in tar:
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled()
             try:
-                self._entry(member, tar)
+                self._entry(member, tar, reader)
             except FailedPrecondition:
                 raise
             except OSError as exc:
                 raise _entry_error(member.name, exc) from None
             # the member's header and data (all read by now) must be real bytes, not the end's zeros
-            if reader.end is not None and tar.fileobj is not None and tar.fileobj.tell() > reader.end:
+            if reader.end is not None and reader.tell() > reader.end:
                 raise FailedPrecondition(f"layer entry {member.name!r} is cut short: the layer stream ends inside it")
-        for parts, member in reversed(self.dirs):  # deepest last-made first: children no longer change mtimes
-            self._dir_meta(parts, member)
+        if self.view is not None:
+            self._dir_meta()
 
-    def _dir_meta(self, parts: list[str], member: tarfile.TarInfo) -> None:
-        """A directory's owner, mode, xattrs and times, through a file descriptor
-        reached one component at a time with O_NOFOLLOW: a directory the layer
-        replaced later (by a symlink, a file, a whiteout) gets nothing, and
-        nothing outside the snapshot is ever touched."""
+    def _open_dir(self, parts: list[str]) -> int | None:
+        """The snapshot's directory ``parts``, reached one component at a time
+        with O_NOFOLLOW; None once the layer replaced it (by a symlink, a file,
+        a whiteout), so nothing outside the snapshot is ever touched."""
         fd = os.open(self.target, _DIR_FLAGS)
-        try:
-            for comp in parts:
-                try:
-                    nxt = os.open(comp, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        return  # no longer a directory of this layer
-                    raise
+        for comp in parts:
+            try:
+                nxt = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
                 os.close(fd)
-                fd = nxt
-            os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid bits
-            self._xattrs(fd, member)
-            os.utime(fd, (member.mtime, member.mtime))
-        finally:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    return None
+                raise
             os.close(fd)
+            fd = nxt
+        return fd
 
-    def _entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def _dir_meta(self) -> None:
+        """The layer's directories' owner, mode, xattrs and times, through
+        no-follow directory fds, deepest last-made first (children no longer
+        change their mtimes)."""
+        for parts, member in reversed(self.dirs):
+            try:
+                fd = self._open_dir(parts)
+                if fd is None:
+                    continue
+                try:
+                    os.fchown(fd, member.uid, member.gid)
+                    os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid bits
+                    self._xattrs(fd, member)
+                    os.utime(fd, (member.mtime, member.mtime))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise _entry_error(member.name, exc) from None
+
+    def _entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile, reader: LayerReader) -> None:
         entry = member.name
         parts = _clean(entry, entry)
         if not parts:
@@ -420,7 +350,7 @@ class _Applier:
             return
         self._remove(path)
         if member.isreg():
-            self._file(path, member, tar)
+            self._file(path, member, tar, reader)
         elif member.issym():
             os.symlink(member.linkname, path)
         elif member.islnk():
@@ -446,6 +376,62 @@ def _entry_error(entry: str, exc: OSError) -> CridError:
     return FailedPrecondition(f"{what} (the layer cannot be applied)")
 
 
+@dataclass
+class Applied:
+    """A layer unpacked into its directory; deferred, it still needs ``finish``."""
+
+    stats: LayerStats
+    _applier: _Applier
+
+    @property
+    def deferred(self) -> bool:
+        return self._applier.view is None
+
+    def finish(self, lowers: list[str]) -> None:
+        """Deferred: apply what needs the lower layers (committed now); may raise NeedsLowers."""
+        self._applier.finish(lowers)
+
+
+def extract(
+    raw: IO[bytes],
+    compression: str,
+    target: str,
+    lowers: list[str] | None,
+    diff_id: str,
+    cancel: threading.Event | None = None,
+) -> Applied:
+    """Unpack the layer stream ``raw`` into the empty directory ``target`` and check its diff_id.
+
+    ``lowers`` are the directories of the layers below, top-most first: they
+    are read (never written) to refuse paths through their symlinks. None
+    defers that (see the module's doc), for a layer whose lowers are not
+    committed yet."""
+    applier = _Applier(target, lowers, cancel)
+    try:
+        with decompressed(raw, compression) as stream:
+            reader = LayerReader(stream)
+            try:
+                with tarfile.open(fileobj=reader, mode="r:", errorlevel=2) as tar:  # type: ignore[call-overload]
+                    applier.apply(tar, reader)
+                reader.drain()
+            except tarfile.TarError as exc:
+                raise FailedPrecondition(f"layer {diff_id}: not a valid tar stream: {exc}") from None
+            except DECOMPRESS_ERRORS as exc:
+                if isinstance(exc, OSError) and exc.filename:
+                    raise
+                raise FailedPrecondition(f"layer {diff_id}: cannot decompress: {exc}") from None
+        got = "sha256:" + reader.hash.hexdigest()
+        if got != diff_id:
+            raise FailedPrecondition(f"layer {diff_id}: diff_id mismatch: the uncompressed layer hashes to {got}")
+    except (Cancelled, NeedsLowers):
+        raise
+    except Exception as exc:
+        if applier.view is None and applier.implied:
+            raise NeedsLowers(f"layer {diff_id} failed after an implied directory: {exc}") from exc
+        raise
+    return Applied(LayerStats(diff_id=got, bytes=applier.bytes, inodes=applier.inodes), applier)
+
+
 def apply_layer(
     blob: str,
     compression: str,
@@ -454,24 +440,6 @@ def apply_layer(
     diff_id: str,
     cancel: threading.Event | None = None,
 ) -> LayerStats:
-    """Unpack ``blob`` into the empty directory ``target`` and check its diff_id.
-
-    ``lowers`` are the directories of the layers below, top-most first: they
-    are read (never written) to refuse paths through their symlinks."""
-    with _decompressed(blob, compression) as stream:
-        reader = _HashingReader(stream)
-        applier = _Applier(target, lowers, cancel)
-        try:
-            with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
-                applier.apply(tar, reader)
-            reader.drain()
-        except tarfile.TarError as exc:
-            raise FailedPrecondition(f"layer {diff_id}: not a valid tar stream: {exc}") from None
-        except _DECOMPRESS_ERRORS as exc:
-            if isinstance(exc, OSError) and exc.filename:
-                raise
-            raise FailedPrecondition(f"layer {diff_id}: cannot decompress: {exc}") from None
-    got = "sha256:" + reader.hash.hexdigest()
-    if got != diff_id:
-        raise FailedPrecondition(f"layer {diff_id}: diff_id mismatch: the uncompressed layer hashes to {got}")
-    return LayerStats(diff_id=got, bytes=applier.bytes, inodes=applier.inodes)
+    """Unpack the content store's file ``blob`` on top of ``lowers`` (see ``extract``)."""
+    with open(blob, "rb") as raw:
+        return extract(raw, compression, target, lowers, diff_id, cancel).stats

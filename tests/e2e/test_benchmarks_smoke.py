@@ -82,6 +82,8 @@ def test_every_workload_once(workdir: Path) -> None:
     for name in both:  # what both runtimes do today
         assert all(o.status == "ok" for o in by_name[name].outcomes.values()), (name, by_name[name].outcomes)
     assert by_name["floor_run"].outcomes["runc"].status == "ok"
+    floors = [r for r in results.workloads if r.workload.parent == "pull_floor"]
+    assert len(floors) == 8 and all(r.outcomes["machine"].status == "ok" for r in floors)
     containerd_only = ("list_containers_0", "list_during_pull.containers", *CONTAINER_WORKLOADS)
     for name in containerd_only:  # crid: as soon as it has containers
         assert by_name[name].outcomes["containerd"].status == "ok", name
@@ -104,6 +106,8 @@ def test_every_workload_once(workdir: Path) -> None:
     markdown = results.files["markdown"].read_text()
     assert "| CRI Version round trip |" in markdown and "runc run" in markdown
     assert "| RunPodSandbox, 10 at a time |" in markdown and "/bench/big:1" in markdown
+    assert set(data["pull_floor_ratios"]) == {"big", "small"} and data["pull_floor_ratios"]["big"]["crid"] > 0
+    assert "Cold pull seconds / floor (p50s): big: crid " in markdown
     assert results.files["plot"].read_bytes().startswith(b"\x89PNG")
     assert (workdir / "results" / "logs" / "containerd.log").is_file()
 

@@ -1,0 +1,503 @@
+"""Pulling an image: resolve, verify, download and unpack, then record it.
+
+A pull resolves the reference through the configured hosts, picks the host
+platform from an index, verifies every manifest, config and layer against
+its digest and size, stores blobs in the content store and unpacks each
+layer once into a snapshot keyed by its chain id; only then is the image
+recorded. Blob downloads and unpacks are shared between concurrent pulls.
+
+Each layer takes one pass over its bytes, as they arrive: the download runs
+on the event loop and only hands the bytes to a thread of the layer's own
+(content.Ingest), which writes them to the ingest file, hashes them (the
+digest check), decompresses them and unpacks the tar into the layer's tmp
+snapshot dir (unpack.extract, hashing the diff_id). Nothing is written and
+read back. A broken download resumes with Range and the pass goes on where
+it was; a server that ignores Range sends the start again, which is skipped.
+The blob is committed to the content store only if size and digest match,
+the snapshot only if the diff_id does too, and a digest mismatch is what is
+reported even when the broken bytes broke the unpack first.
+
+All layers are unpacked at once: each snapshot holds only its own diff, so
+they are independent, except for what an unpack reads in the layers below
+(implied dirs' owner and mode, lower non-directories refused, hardlinks to
+lower files). A layer whose lowers are not committed yet is unpacked
+deferred and finished once they are (unpack.Applied.finish); where that
+could differ from unpacking on top of them (unpack.NeedsLowers) it is
+unpacked again from the content store on top of them. Commits follow the
+chain: a layer's snapshot is committed after the one below it.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import IO, Any, TypeVar
+
+import aiohttp
+
+from cri import faults
+from cri.config import Config
+from cri.errors import FailedPrecondition, Unavailable
+from cri.images import mediatypes as mt
+from cri.images.auth import Credentials, TokenCache
+from cri.images.content import ContentStore, verify_bytes
+from cri.images.hosts import load_hosts
+from cri.images.manifest import Layer, descriptor, json_object, layers_of, pick_platform, user_of
+from cri.images.metadata import ImageMetadata, ImageRecord, SnapshotRecord, now_ns
+from cri.images.pull_metrics import (
+    ACTIVE,
+    DOWNLOADED_BYTES,
+    LAYERS,
+    PULL_SECONDS,
+    PULLS,
+    PULLS_IN_FLIGHT,
+    SKIPPED_BYTES,
+    Progress,
+)
+from cri.images.reference import Reference, parse
+from cri.images.registry import Repository
+from cri.images.shared import SharedTasks
+from cri.images.snapshots import Snapshots
+from cri.images.stream import in_thread, settle_from_thread
+from cri.images.unpack import Applied, NeedsLowers, extract
+from cri.log import fields
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CONFIG_MAX_BYTES = 8 * 1024 * 1024
+# layers unpacked from the content store at once (those of a download are bounded by the downloads)
+UNPACK_THREADS = max(2, os.cpu_count() or 1)
+_LIBC = ctypes.CDLL(None)
+
+
+class Puller:
+    """The pulls of one image store; ``held()`` is what they need kept from GC."""
+
+    def __init__(
+        self,
+        config: Config,
+        content: ContentStore,
+        snapshots: Snapshots,
+        meta: ImageMetadata,
+        http: Callable[[], aiohttp.ClientSession],
+        gc: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.content = content
+        self.snapshots = snapshots
+        self.meta = meta
+        self.tokens = TokenCache()
+        self._http = http
+        self._gc = gc
+        self._blobs: SharedTasks[None] = SharedTasks()
+        self._unpacks: SharedTasks[None] = SharedTasks()
+        self._listeners: dict[str, set[Progress]] = {}
+        self._pinned: list[set[str]] = []  # blobs and chain ids that in-flight pulls hold
+        self._idle = asyncio.Event()  # set while no pull is in flight
+        self._idle.set()
+        self._unpack_slots = asyncio.Semaphore(UNPACK_THREADS)
+
+    def held(self) -> set[str]:
+        """Blobs and chain ids in-flight pulls need: GC keeps them."""
+        keep: set[str] = set().union(*self._pinned) if self._pinned else set()
+        return keep | self._blobs.running() | self._unpacks.running()
+
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: wait (bounded) for cancelled pulls to clean up after themselves."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), seconds)
+
+    async def pull(self, text: str, credentials: Credentials) -> str:
+        """Pull ``text``; returns the image id. Cancelled when it makes no
+        progress for the configured timeout or when the caller goes away."""
+        ref = parse(text)
+        started = time.monotonic()
+        progress = Progress(image=str(ref))
+        ACTIVE.add(progress)
+        pinned: set[str] = set()
+        self._pinned.append(pinned)
+        self._idle.clear()
+        PULLS_IN_FLIGHT.inc()
+        job = asyncio.ensure_future(self._pull(ref, credentials, progress, pinned))
+        timeout = self.config.images.pull_progress_timeout_seconds
+        outcome = "error"
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=min(1.0, timeout))
+                if done:
+                    image_id = job.result()
+                    outcome = "success"
+                    PULL_SECONDS.observe(time.monotonic() - started)
+                    return image_id
+                if not progress.busy and time.monotonic() - progress.last > timeout:
+                    job.cancel()
+                    await asyncio.wait({job})
+                    raise Unavailable(f"pulling {ref} made no progress for {timeout:g}s; cancelled")
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            job.cancel()
+            await asyncio.wait({job})
+            raise
+        finally:
+            ACTIVE.discard(progress)
+            PULLS_IN_FLIGHT.dec()
+            PULLS.labels(outcome).inc()
+            self._pinned.remove(pinned)
+            if outcome != "success":
+                await self._gc()
+            if not self._pinned:  # the last pull is done: give its buffers' memory back to the system
+                await asyncio.to_thread(_LIBC.malloc_trim, 0)
+                if not self._pinned:
+                    self._idle.set()
+            log.info(
+                "pull finished",
+                extra=fields(ref=str(ref), outcome=outcome, seconds=round(time.monotonic() - started, 3)),
+            )
+
+    async def _pull(self, ref: Reference, credentials: Credentials, progress: Progress, pinned: set[str]) -> str:
+        hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)
+        repo = Repository(self._http(), hosts, ref.domain, ref.path, credentials, self.tokens)
+        top = await repo.manifest(ref.object, mt.MANIFEST_ACCEPT, resolve=not ref.digest)
+        DOWNLOADED_BYTES.inc(len(top.body))
+        progress.tick()
+        top_digest = "sha256:" + hashlib.sha256(top.body).hexdigest()
+        if ref.digest and top_digest != ref.digest:
+            raise FailedPrecondition(f"manifest {ref.digest}: digest mismatch: content hashes to {top_digest}")
+        doc = json_object(top.body, f"manifest of {ref}")
+        media_type = str(doc.get("mediaType") or top.media_type)
+        if media_type in mt.SCHEMA1 or doc.get("schemaVersion") == 1:
+            raise FailedPrecondition(
+                f"{ref} is a Docker schema 1 image, which crid does not support; push it again with a "
+                "current tool (docker, buildah, skopeo) to get a schema 2 or OCI manifest"
+            )
+        blobs = [top_digest]
+        manifest_body, manifest_digest = top.body, top_digest
+        if media_type in mt.INDEXES or (not media_type and "manifests" in doc):
+            digest, size, media_type = pick_platform(doc, str(ref))
+            child = await repo.manifest(digest, mt.MANIFEST_ACCEPT, resolve=False, size=size)
+            DOWNLOADED_BYTES.inc(len(child.body))
+            progress.tick()
+            verify_bytes(child.body, digest, size, "manifest")
+            manifest_body, manifest_digest = child.body, digest
+            doc = json_object(child.body, f"manifest {digest}")
+            media_type = str(doc.get("mediaType") or media_type or child.media_type)
+            blobs.append(digest)
+        if media_type not in mt.MANIFESTS and not (not media_type and "layers" in doc):
+            raise FailedPrecondition(f"{ref}: unsupported manifest media type {media_type!r}")
+
+        config_digest, config_size, config_media = descriptor(doc.get("config"), f"config of {ref}")
+        if config_media not in mt.CONFIGS:
+            raise FailedPrecondition(f"{ref} is not a container image: its config has media type {config_media!r}")
+        if config_size > CONFIG_MAX_BYTES:
+            raise FailedPrecondition(f"config {config_digest} is {config_size} bytes, over the limit")
+        if self.content.exists(config_digest):
+            config_body = self.content.read(config_digest)
+            SKIPPED_BYTES.inc(config_size)
+        else:
+            config_body = await repo.blob_bytes(config_digest, config_size, CONFIG_MAX_BYTES)
+            DOWNLOADED_BYTES.inc(len(config_body))
+        progress.tick(len(config_body))
+        verify_bytes(config_body, config_digest, config_size, "config")
+        config = json_object(config_body, f"config {config_digest}")
+        layers = layers_of(doc, config, str(ref))
+        progress.size = config_size + sum(lay.size for lay in layers)
+        pinned.update([config_digest, *blobs, *(lay.digest for lay in layers), *(lay.chain_id for lay in layers)])
+
+        for digest, body in ((top_digest, top.body), (manifest_digest, manifest_body), (config_digest, config_body)):
+            await asyncio.to_thread(self.content.put_bytes, digest, body)  # fsync: off the event loop
+        faults.step("PullImage.config_stored")
+        await self._unpack_all(repo, layers, progress)
+
+        uid, username = user_of(config)
+        image = ImageRecord(
+            id=config_digest,
+            manifest_digest=manifest_digest,
+            manifest_media_type=media_type,
+            # containerd's Image.Size (kubelet's image GC counts it): every blob the platform's
+            # walk reaches, the index included, without the index's other manifests
+            size=sum(len(body) for body in {top_digest: top.body, manifest_digest: manifest_body}.values())
+            + config_size
+            + sum(lay.size for lay in layers),
+            uid=uid,
+            username=username,
+            chain_ids=[lay.chain_id for lay in layers],
+            blobs=[*blobs, config_digest, *(lay.digest for lay in layers)],
+            created_at=now_ns(),
+        )
+        # name:tag@digest pulls by digest and records only the digest, as containerd does
+        tag = "" if ref.digest else ref.tagged_name
+        orphans = self.meta.put_image(image, tag, ref.with_digest(top_digest))
+        faults.step("PullImage.image_recorded")
+        for orphan in orphans:
+            self.meta.remove_image(orphan)
+        return config_digest
+
+    # --- layers: a snapshot each, in one pass with the download ---------------------
+
+    def _progress_fn(self, digest: str) -> Callable[[int], None]:
+        def report(n: int) -> None:
+            DOWNLOADED_BYTES.inc(n)  # once, however many pulls share the download
+            for p in self._listeners.get(digest, ()):
+                p.got(digest, n)
+
+        return report
+
+    def _snapshot_ready(self, chain_id: str) -> bool:
+        snap = self.meta.snapshots.get(chain_id)
+        return snap is not None and self.snapshots.exists(snap.num)
+
+    def _lowers(self, layers: list[Layer], i: int) -> list[str]:
+        return [self.snapshots.path(self.meta.snapshots[lay.chain_id].num) for lay in reversed(layers[:i])]
+
+    async def _unpack_all(self, repo: Repository, layers: list[Layer], progress: Progress) -> None:
+        """All layers at once, each into a snapshot of its own (they hold only their own
+        diff, so they are independent); only the commits follow the chain."""
+        limit = asyncio.Semaphore(self.config.images.max_concurrent_downloads)
+        sources = []
+        for layer in layers:
+            source = "snapshot" if self._snapshot_ready(layer.chain_id) else "content_store"
+            if source == "content_store" and not self.content.exists(layer.digest):
+                source = "registry"
+            else:
+                SKIPPED_BYTES.inc(layer.size)
+                progress.tick(layer.size)
+            LAYERS.labels(source).inc()
+            sources.append(source)
+        jobs = [
+            asyncio.ensure_future(self._layer(repo, layers, i, limit, progress, sources[i] == "registry"))
+            for i in range(len(layers))
+        ]
+        try:
+            for job in jobs:  # in chain order: the lowest failing layer is the one reported
+                await job
+        finally:
+            pending = [t for t in jobs if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            for t in jobs:  # failures after the first one are not news
+                if not t.cancelled():
+                    t.exception()
+
+    async def _layer(
+        self, repo: Repository, layers: list[Layer], i: int, limit: asyncio.Semaphore, progress: Progress, fetch: bool
+    ) -> None:
+        layer = layers[i]
+        if fetch:  # this pull's progress follows the download, whichever pull started it
+            self._listeners.setdefault(layer.digest, set()).add(progress)
+        try:
+            await self._unpacks.run(layer.chain_id, lambda: self._snapshot(repo, layers, i, limit, progress))
+            if fetch:
+                progress.have(layer.digest, layer.size)
+        finally:
+            listeners = self._listeners.get(layer.digest)
+            if fetch and listeners is not None:
+                listeners.discard(progress)
+                if not listeners:
+                    del self._listeners[layer.digest]
+
+    async def _snapshot(
+        self, repo: Repository, layers: list[Layer], i: int, limit: asyncio.Semaphore, progress: Progress
+    ) -> None:
+        """Make layer ``i``'s snapshot (shared by the pulls that need it: ``_unpacks``)."""
+        layer = layers[i]
+        if self._snapshot_ready(layer.chain_id):
+            return
+        below: asyncio.Future[None] | None = None
+        if i and not self._snapshot_ready(layers[i - 1].chain_id):
+            # the layer below is made by its own task, joined here (it runs meanwhile); this one
+            # is unpacked without it, deferred, and finished once it is committed
+            below = asyncio.ensure_future(
+                self._unpacks.run(layers[i - 1].chain_id, lambda: self._snapshot(repo, layers, i - 1, limit, progress))
+            )
+        tmp = self.snapshots.new_tmp()
+        fs = os.path.join(tmp, "fs")
+        cancel = threading.Event()
+        work: list[asyncio.Future[Any]] = []  # threads writing into tmp: they stop before it goes
+        started = time.monotonic()
+        try:
+            try:
+                applied: Applied | None = await self._extract(
+                    repo, layer, fs, None if below else self._lowers(layers, i), limit, progress, cancel, work
+                )
+            except NeedsLowers:
+                if below is None:
+                    raise
+                applied = None  # unpacked again below, on top of its lowers
+            if below is not None:
+                await below
+                applied = await self._finish(layer, fs, applied, self._lowers(layers, i), progress, cancel, work)
+            assert applied is not None
+        except BaseException:
+            cancel.set()
+            if work:
+                await asyncio.wait(work)
+            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, tmp, True)
+            raise
+        finally:
+            if below is not None and not below.done():
+                below.cancel()
+                await asyncio.wait({below})
+            if below is not None and not below.cancelled():
+                below.exception()
+        stats = applied.stats
+        log.debug(
+            "layer unpacked",
+            extra=fields(digest=layer.digest, files=stats.inodes, seconds=round(time.monotonic() - started, 3)),
+        )
+        num = self.meta.next_snapshot_num()
+        self.snapshots.commit(tmp, num)
+        faults.step("PullImage.snapshot_committed")
+        parent = layers[i - 1].chain_id if i else None
+        self.meta.put_snapshot(SnapshotRecord(layer.chain_id, num, parent, layer.diff_id, stats.bytes, stats.inodes))
+        faults.step("PullImage.snapshot_recorded")
+
+    async def _extract(
+        self,
+        repo: Repository,
+        layer: Layer,
+        target: str,
+        lowers: list[str] | None,
+        limit: asyncio.Semaphore,
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied:
+        """Unpack the layer while it downloads or, when its blob is in the content store (or
+        another download of it was under way), from the file."""
+        if not self.content.exists(layer.digest):
+            applied = await self._stream(repo, layer, target, lowers, limit, progress, cancel, work)
+            if applied is not None:
+                return applied
+        return await self._from_file(layer, target, lowers, progress, cancel, work)
+
+    async def _stream(
+        self,
+        repo: Repository,
+        layer: Layer,
+        target: str,
+        lowers: list[str] | None,
+        limit: asyncio.Semaphore,
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied | None:
+        """Download the blob into the content store, unpacking it in the same pass; None when
+        the download joined (one of another chain with the same blob) did not unpack it."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Applied] = loop.create_future()
+        outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+        def unpack(raw: IO[bytes]) -> None:  # in the ingest's thread, reading the blob as it arrives
+            try:
+                result = extract(raw, layer.compression, target, lowers, layer.diff_id, cancel)
+            except BaseException as exc:
+                settle_from_thread(loop, outcome, None, exc)
+            else:
+                settle_from_thread(loop, outcome, result, None)
+
+        attach = [unpack]  # taken by the download this call starts, not by one it joins
+
+        async def download() -> None:
+            held: asyncio.Semaphore | None = limit
+            await limit.acquire()
+            try:
+                if self.content.exists(layer.digest):
+                    return
+                consumer = attach[0] if attach else None
+                ingest = self.content.writer(layer.digest, layer.size, consumer)
+                if consumer is not None:
+                    attach.clear()
+                    work.append(outcome)
+                started = time.monotonic()
+                try:
+                    await repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
+                    limit.release()  # downloaded: the next layer's download starts during this one's tail
+                    held = None
+                    progress.busy += 1  # the unpack of the last bytes, the fsync
+                    try:
+                        await ingest.commit()
+                    finally:
+                        progress.busy -= 1
+                    faults.step("PullImage.layer_fetched")
+                except BaseException:
+                    ingest.discard()
+                    await ingest.wait()  # its thread has stopped and removed its file
+                    raise
+            finally:
+                if held is not None:
+                    held.release()
+                log.debug(
+                    "blob fetched",
+                    extra=fields(digest=layer.digest, bytes=layer.size, seconds=round(time.monotonic() - started, 3)),
+                )
+
+        await self._blobs.run(layer.digest, download)
+        if attach:
+            return None
+        return await asyncio.shield(outcome)
+
+    async def _from_file(
+        self,
+        layer: Layer,
+        target: str,
+        lowers: list[str] | None,
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied:
+        path = self.content.path(layer.digest)
+
+        def unpack() -> Applied:
+            with open(path, "rb") as raw:
+                return extract(raw, layer.compression, target, lowers, layer.diff_id, cancel)
+
+        async with self._unpack_slots:
+            return await self._busy(in_thread(unpack, "crid-unpack"), progress, work)
+
+    async def _finish(
+        self,
+        layer: Layer,
+        target: str,
+        applied: Applied | None,
+        lowers: list[str],
+        progress: Progress,
+        cancel: threading.Event,
+        work: list[asyncio.Future[Any]],
+    ) -> Applied:
+        """The lower layers are committed: apply what was deferred, or unpack the layer
+        again on top of them where deferring could not give the same tree."""
+        if applied is not None:
+            try:
+                await self._busy(in_thread(lambda: applied.finish(lowers), "crid-unpack"), progress, work)
+                return applied
+            except NeedsLowers:
+                pass
+        log.debug("layer unpacked again on top of its lowers", extra=fields(digest=layer.digest))
+        await self._busy(in_thread(lambda: _empty(target), "crid-unpack"), progress, work)
+        return await self._from_file(layer, target, lowers, progress, cancel, work)
+
+    @staticmethod
+    async def _busy(job: "asyncio.Future[T]", progress: Progress, work: list[asyncio.Future[Any]]) -> T:
+        """Wait for a thread's job that makes no byte progress (the watchdog waits too)."""
+        work.append(job)
+        progress.busy += 1
+        try:
+            return await asyncio.shield(job)
+        finally:
+            progress.busy -= 1
+            progress.tick()
+
+
+def _empty(target: str) -> None:
+    """An unpack's directory made empty again."""
+    shutil.rmtree(target)
+    os.mkdir(target, 0o755)
