@@ -121,6 +121,7 @@ class Results:
 
 def select(names: list[str] | None) -> list[Workload[Any]]:
     import benchmarks.exec_workloads
+    import benchmarks.grpc_floor
     import benchmarks.stats_workloads
     import benchmarks.workloads  # noqa: F401
 
