@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -38,6 +37,7 @@ from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
 from cri.runtime.stats import Usage, read_usage
 from cri.runtime.stdio import Stdio
+from cri.runtime.trash import Trash
 from cri.store import Store
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Containers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._min_oom = _own_oom_score_adj()
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
+        self.trash = Trash(config.root_dir, config.state_dir)
         pods.stop_containers = self._stop_all
         pods.remove_containers = self._remove_all
         images.snapshots_in_use = self._chains_in_use
@@ -369,8 +370,7 @@ class Containers:
         if c.rootfs_mounted:
             podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
             c.rootfs_mounted = False
-        for d in (self.bundle(c.id), self.persist(c.id)):
-            await asyncio.to_thread(shutil.rmtree, d, True)
+        await self.trash.discard(self.bundle(c.id), self.persist(c.id))  # renamed now, deleted in the background
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.attach_dir(c.id))  # conmon's symlink to the bundle (rmtree refuses links)
         self.exits.forget(c.id)

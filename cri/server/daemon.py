@@ -67,6 +67,7 @@ class Daemon:
         await images.recover()
         await containers.handlers.probe()
         await containers.recover()
+        containers.trash.recover()  # in the background: nothing waits for old directories to go
         await pods.recover()
 
     def request_stop(self, signame: str) -> None:
@@ -155,6 +156,7 @@ class Daemon:
         # work that outlives its RPC (shielded creates, pull cleanup) ends before the store closes
         grace = cfg.grpc.shutdown_grace_seconds
         await asyncio.gather(pods.drain(grace), containers.drain(grace), images.drain(grace))
+        await containers.trash.drain(grace)  # after the drains: an undone create discards its dirs
         containers.close()
         if self._metrics is not None:
             self._metrics.stop()
