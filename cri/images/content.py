@@ -17,7 +17,6 @@ from collections.abc import Iterator
 
 from cri.errors import FailedPrecondition
 from cri.images.reference import SHA256_RE
-from cri.images.registry import BlobSink
 
 
 class ContentStore:
@@ -85,6 +84,20 @@ def verify_bytes(data: bytes, digest: str, size: int | None, what: str) -> None:
     got = "sha256:" + hashlib.sha256(data).hexdigest()
     if got != digest:
         raise FailedPrecondition(f"{what} {digest}: digest mismatch: content hashes to {got}")
+
+
+class BlobSink:
+    """Where a blob download goes (the content store's ingest)."""
+
+    @property
+    def offset(self) -> int:
+        raise NotImplementedError
+
+    async def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def reset(self) -> None:
+        raise NotImplementedError
 
 
 class Ingest(BlobSink):

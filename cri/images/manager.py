@@ -7,6 +7,8 @@ layer once into a snapshot keyed by its chain id; only then is the image
 recorded. Blob downloads and unpacks are shared between concurrent pulls.
 """
 
+from __future__ import annotations  # aiohttp and the registry client are imported at the first pull
+
 import asyncio
 import contextlib
 import ctypes
@@ -18,9 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from cri.config import Config
 from cri.errors import CridError, FailedPrecondition, Unavailable
@@ -41,12 +41,16 @@ from cri.images.pull_metrics import (
     Progress,
 )
 from cri.images.reference import HEX64_RE, SHA256_RE, Reference, parse
-from cri.images.registry import Repository
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
 from cri.images.unpack import LayerStats, apply_layer
 from cri.log import fields
 from cri.store import Store
+
+if TYPE_CHECKING:  # aiohttp is 9 MiB of a daemon that may never pull
+    import aiohttp
+
+    from cri.images.registry import Repository
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,8 @@ class Images:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=30, sock_read=self.config.images.pull_progress_timeout_seconds
             )
@@ -166,6 +172,8 @@ class Images:
             )
 
     async def _pull(self, ref: Reference, credentials: Credentials, progress: Progress, pinned: set[str]) -> str:
+        from cri.images.registry import Repository
+
         hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)
         repo = Repository(self._http(), hosts, ref.domain, ref.path, credentials, self.tokens)
         top = await repo.manifest(ref.object, mt.MANIFEST_ACCEPT, resolve=not ref.digest)
