@@ -78,6 +78,12 @@ def test_every_workload_once(workdir: Path) -> None:
         "pod_lifecycle_parallel.remove",
         "rss_20_pods.daemon",
         "rss_20_pods.per_pod_rss",
+        "version_floor",
+        "node.run_110",
+        "node.list_containers_110",
+        "node.exec_110",
+        "node.cpu_poll",
+        "node.restart_lists",
     )
     for name in both:  # what both runtimes do today
         assert all(o.status == "ok" for o in by_name[name].outcomes.values()), (name, by_name[name].outcomes)
@@ -105,6 +111,8 @@ def test_every_workload_once(workdir: Path) -> None:
     assert "| CRI Version round trip |" in markdown and "runc run" in markdown
     assert "| RunPodSandbox, 10 at a time |" in markdown and "/bench/big:1" in markdown
     assert results.files["plot"].read_bytes().startswith(b"\x89PNG")
+    assert results.files["scaling"].read_bytes().startswith(b"\x89PNG")  # latency against the pod count
+    assert "| ListContainers | 1: " in markdown
     assert (workdir / "results" / "logs" / "containerd.log").is_file()
 
     # containerd kept to its temporary dirs, and everything was stopped and removed
