@@ -578,6 +578,8 @@ class Containers:
         if found is not None:
             self._record_exit(c, *found)
             return
+        if c.state == State.RUNNING and procs.same_process(c.pid, c.pid_start):
+            return  # still running: no `runtime state` (a process each) per container at startup
         state = await self.pods.runtime(c.handler).state(c.id)
         status = state.get("status") if state else None
         if status in ("running", "created") and procs.same_process(c.pid, c.pid_start):
