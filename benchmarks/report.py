@@ -278,7 +278,7 @@ def plot(results: "Results", path: Path) -> None:
         lo = min(min(d) for d in data)
         hi = max(max(d) for d in data)
         if r.workload.unit in ("bytes", "%"):
-            ax.set_ylim(bottom=0, top=hi * 1.1)
+            ax.set_ylim(bottom=0, top=hi * 1.1 or 1.0)  # all zero (an idle CPU): an axis all the same
         elif lo > 0 and hi / lo > 50:
             ax.set_yscale("log")
         ax.set_title(title(r, "/".join(names)), fontsize=9)
