@@ -188,16 +188,12 @@ class ContainerdProcess(DaemonProcess):
         self.write_files()
         self._bridge_existed = os.path.exists(f"/sys/class/net/{self.bridge}")
         self._run_dir_existed = SHIM_SOCKET_DIR.parent.exists()
-        with open(self.log_path, "ab") as log:
-            # its own session: a Ctrl-C on the terminal reaches the harness, which stops it in order
-            self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+        proc = self._spawn()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         last = ""
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
+            if proc.poll() is not None:
+                code = proc.returncode
                 raise RuntimeError(f"containerd exited with {code} at startup:\n{self.log_text()}")
             if os.path.exists(self.socket):
                 try:
@@ -208,6 +204,25 @@ class ContainerdProcess(DaemonProcess):
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"containerd did not answer CRI Version within {STARTUP_TIMEOUT}s ({last})")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            # its own session: a Ctrl-C on the terminal reaches the harness, which stops it in order
+            self.proc = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        return self.proc
+
+    def restart(self, timeout: float = 30.0) -> float:
+        """SIGTERM containerd alone (its shims and containers keep running), start it again
+        without waiting; returns the time.perf_counter() of the start."""
+        self.close_client()
+        assert self.proc is not None, "containerd not started"
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout)
+        started = time.perf_counter()
+        self._spawn()
+        return started
 
     @property
     def pid(self) -> int:

@@ -23,7 +23,7 @@ import grpc
 from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 
-Unit = Literal["s", "bytes", "MB/s"]
+Unit = Literal["s", "bytes", "MB/s", "%"]  # %: CPU time over wall time
 Kind = Literal["cri", "oci", "machine"]
 
 # the targets of each kind of workload, in the order of the A/B alternation
@@ -87,6 +87,10 @@ class CriTarget:
     cgroup_parent: str  # cgroupfs parent for the pods a workload makes, removed at teardown
     content_dir: Path  # where its content store keeps blobs by hex digest
     snapshots_dir: Path  # where its unpacked layers live, one numbered dir each
+    socket: str = ""  # its CRI socket
+    # stops the daemon (SIGTERM: its containers keep running), starts it again without waiting
+    # for it and returns the time.perf_counter() of the start; pid and client then are the new one's
+    restart: Callable[[], float] | None = None
 
 
 @dataclass

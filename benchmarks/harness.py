@@ -123,6 +123,8 @@ class Results:
 
 def select(names: list[str] | None) -> list[Workload[Any]]:
     import benchmarks.exec_workloads
+    import benchmarks.grpc_floor
+    import benchmarks.node_workloads
     import benchmarks.pull_floor
     import benchmarks.stats_workloads
     import benchmarks.workloads  # noqa: F401
@@ -306,7 +308,9 @@ class Bench:
             f"/{self.cgroup_name}/crid",
             content_dir=root / "content" / "blobs" / "sha256",
             snapshots_dir=root / "snapshots",
+            socket=crid.socket,
         )
+        self.cri["crid"].restart = lambda: self._restart_crid(crid)
 
         pause = self.images.pause.ref if self.images is not None else SANDBOX_IMAGE
         containerd = ContainerdProcess(self.base, sandbox_image=pause, subnet=containerd_subnet)
@@ -325,11 +329,27 @@ class Bench:
             f"/{self.cgroup_name}/containerd",
             content_dir=containerd.content_dir,
             snapshots_dir=containerd.snapshots_dir,
+            socket=containerd.socket,
         )
+        self.cri["containerd"].restart = lambda: self._restarted("containerd", containerd, containerd.restart())
         for name, target in self.cri.items():
             v = target.client.runtime.Version(pb.VersionRequest())
             answer = f"{v.runtime_name} {v.runtime_version} ({v.runtime_api_version})"
             self.versions[f"{name} (CRI Version)"] = answer
+
+    def _restart_crid(self, crid: CridProcess) -> float:
+        crid.stop()  # SIGTERM: crid leaves its containers running
+        with open(crid.log_path, "ab") as log:
+            started = time.perf_counter()
+            crid.proc = subprocess.Popen(crid.command(), stderr=log, stdout=log, stdin=subprocess.DEVNULL)
+        return self._restarted("crid", crid, started)
+
+    def _restarted(self, name: str, daemon: CridProcess | ContainerdProcess, started: float) -> float:
+        """The target gets the new process's pid and a new client (the old channel backs off)."""
+        assert daemon.proc is not None
+        self.cri[name].pid = daemon.proc.pid
+        self.cri[name].client = daemon.client
+        return started
 
     def _stop_crid(self, crid: CridProcess) -> None:
         if "crid" in self.cri:

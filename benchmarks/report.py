@@ -45,8 +45,8 @@ def scale(unit: Unit, magnitude: float) -> tuple[float, str]:
     """Divisor and label to show values of about ``magnitude``."""
     if unit == "bytes":
         return 1024 * 1024, "MiB"
-    if unit == "MB/s":
-        return 1.0, "MB/s"
+    if unit in ("MB/s", "%"):
+        return 1.0, unit
     if magnitude < 1e-3:
         return 1e-6, "µs"
     if magnitude < 1.0:
@@ -278,6 +278,10 @@ def to_markdown(results: "Results") -> str:
             "",
             "Cold pull seconds / floor (p50s): " + ("; ".join(ratios) or "no cold pull measured") + ".",
         ]
+
+    from benchmarks import scaling  # it builds on this module
+
+    lines += scaling.markdown_lines(results)
     if notes:
         lines += ["", "Not supported or failed:", "", *notes]
     return "\n".join(lines) + "\n"
@@ -307,8 +311,8 @@ def plot(results: "Results", path: Path) -> None:
         ax.set_xlim(0.4, len(names) + 0.6)
         lo = min(min(d) for d in data)
         hi = max(max(d) for d in data)
-        if r.workload.unit == "bytes":
-            ax.set_ylim(bottom=0, top=hi * 1.1)
+        if r.workload.unit in ("bytes", "%"):
+            ax.set_ylim(bottom=0, top=hi * 1.1 or 1.0)  # all zero (an idle CPU): an axis all the same
         elif lo > 0 and hi / lo > 50:
             ax.set_yscale("log")
         ax.set_title(title(r, "/".join(names)), fontsize=9)
@@ -336,4 +340,8 @@ def write(results: "Results", directory: Path) -> dict[str, Path]:
     samples = {r.workload.name: {n: o.samples for n, o in r.outcomes.items()} for r in results.workloads}
     files["samples"].write_text(json.dumps(samples) + "\n")
     plot(results, files["plot"])
+    from benchmarks import scaling  # it builds on this module
+
+    if scaling.plot(results, directory / "scaling.png"):
+        files["scaling"] = directory / "scaling.png"
     return files

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import IO, cast
 
 from cri.errors import FailedPrecondition
+from cri.images.layer_stream import write_all
 from cri.images.reference import SHA256_RE
-from cri.images.registry import BlobSink
 from cri.images.stream import Pipe, PipeClosed, in_thread
 
 # bytes of a download in flight between the event loop and its thread: a few of the registry's 1 MiB writes
@@ -100,11 +100,6 @@ def verify_bytes(data: bytes, digest: str, size: int | None, what: str) -> None:
         raise FailedPrecondition(f"{what} {digest}: digest mismatch: content hashes to {got}")
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
 class _Tee(io.RawIOBase):
     """The blob as it arrives, to read in the ingest's thread: each chunk is
     written to the ingest file and hashed as it comes out of the pipe."""
@@ -124,7 +119,7 @@ class _Tee(io.RawIOBase):
         data = self._pipe.get()
         if not data:
             return False
-        _write_all(self._fd, memoryview(data))
+        write_all(self._fd, memoryview(data))
         self.hash.update(data)
         self.count += len(data)
         self._pending = memoryview(data)
@@ -150,6 +145,20 @@ class _Tee(io.RawIOBase):
         self._pending = memoryview(b"")
         while self._next():
             pass
+
+
+class BlobSink:
+    """Where a blob download goes (the content store's ingest)."""
+
+    @property
+    def offset(self) -> int:
+        raise NotImplementedError
+
+    async def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def reset(self) -> None:
+        raise NotImplementedError
 
 
 class Ingest(BlobSink):

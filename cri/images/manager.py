@@ -5,14 +5,14 @@ Pulling is in cri/images/pull.py; this module owns what a pull leaves behind
 flight hold when it collects garbage.
 """
 
+from __future__ import annotations  # aiohttp and the registry client are imported at the first pull
+
 import asyncio
 import logging
 import re
 import shutil
 from collections.abc import Callable
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from cri.config import Config
 from cri.errors import CridError
@@ -25,6 +25,9 @@ from cri.images.reference import HEX64_RE, SHA256_RE, parse
 from cri.images.snapshots import Snapshots
 from cri.log import fields
 from cri.store import Store
+
+if TYPE_CHECKING:  # aiohttp is 9 MiB of a daemon that may never pull
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class Images:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=30, sock_read=self.config.images.pull_progress_timeout_seconds
             )

@@ -27,6 +27,8 @@ unpacked again from the content store on top of them. Commits follow the
 chain: a layer's snapshot is committed after the one below it.
 """
 
+from __future__ import annotations  # aiohttp and the registry client are imported at the first pull
+
 import asyncio
 import contextlib
 import ctypes
@@ -37,9 +39,7 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import IO, Any, TypeVar
-
-import aiohttp
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from cri import faults
 from cri.config import Config
@@ -61,12 +61,16 @@ from cri.images.pull_metrics import (
     Progress,
 )
 from cri.images.reference import Reference, parse
-from cri.images.registry import Repository
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
 from cri.images.stream import in_thread, settle_from_thread
 from cri.images.unpack import Applied, NeedsLowers, extract
 from cri.log import fields
+
+if TYPE_CHECKING:  # aiohttp is 9 MiB of a daemon that may never pull
+    import aiohttp
+
+    from cri.images.registry import Repository
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +166,8 @@ class Puller:
             )
 
     async def _pull(self, ref: Reference, credentials: Credentials, progress: Progress, pinned: set[str]) -> str:
+        from cri.images.registry import Repository
+
         hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)
         repo = Repository(self._http(), hosts, ref.domain, ref.path, credentials, self.tokens)
         top = await repo.manifest(ref.object, mt.MANIFEST_ACCEPT, resolve=not ref.digest)
@@ -486,7 +492,7 @@ class Puller:
         return await self._from_file(layer, target, lowers, progress, cancel, work)
 
     @staticmethod
-    async def _busy(job: "asyncio.Future[T]", progress: Progress, work: list[asyncio.Future[Any]]) -> T:
+    async def _busy(job: asyncio.Future[T], progress: Progress, work: list[asyncio.Future[Any]]) -> T:
         """Wait for a thread's job that makes no byte progress (the watchdog waits too)."""
         work.append(job)
         progress.busy += 1

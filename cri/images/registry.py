@@ -19,6 +19,7 @@ import aiohttp
 
 from cri.errors import CridError, FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from cri.images.auth import DEFAULT_TOKEN_SECONDS, Challenge, Credentials, TokenCache, parse_challenges
+from cri.images.content import BlobSink
 from cri.images.hosts import RegistryHost
 from cri.log import fields
 
@@ -57,20 +58,6 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int, what: str, size: i
     if size is not None and len(buf) != size:
         raise FailedPrecondition(f"{what}: size mismatch: got {len(buf)} bytes, expected {size}")
     return bytes(buf)
-
-
-class BlobSink:
-    """Where a blob download goes (the content store's ingest)."""
-
-    @property
-    def offset(self) -> int:
-        raise NotImplementedError
-
-    async def write(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    async def reset(self) -> None:
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ when complete.
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +21,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 TMP_PREFIX = "tmp-"
 PAGE_LIMIT = 4096
+# A writable layer is never used again after a host crash (a container is never restarted,
+# a new one gets a new layer), so it needs no syncing: without "volatile" (Linux 5.10) each
+# unmount syncs the whole upper filesystem, 7-20 ms of RemoveContainer waiting for other writers
+VOLATILE = ",volatile" if tuple(map(int, re.findall(r"\d+", os.uname().release)[:2])) >= (5, 10) else ""
 
 
 class Snapshots:
@@ -74,7 +79,7 @@ class Snapshots:
         Run through mount(8) with the snapshots dir as its working directory so
         that the relative lowerdir paths resolve; crid's own cwd never changes.
         """
-        extra = f",upperdir={upper},workdir={work}" if upper else ""
+        extra = f",upperdir={upper},workdir={work}{VOLATILE}" if upper else ""
         absolute = "lowerdir=" + ":".join(self.path(n) for n in nums_top_first) + extra
         if (upper or len(nums_top_first) > 1) and len(absolute) < PAGE_LIMIT:
             _mount("overlay", target, "overlay", absolute)  # the common case: no process to spawn

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -39,6 +38,7 @@ from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
 from cri.runtime.stats import Usage, read_usage
 from cri.runtime.stdio import Stdio
+from cri.runtime.trash import Trash
 from cri.store import Store
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Containers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._min_oom = _own_oom_score_adj()
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
+        self.trash = Trash(config.root_dir, config.state_dir)
         pods.stop_containers = self._stop_all
         pods.remove_containers = self._remove_all
         images.snapshots_in_use = self._chains_in_use
@@ -382,8 +383,7 @@ class Containers:
             podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
             c.rootfs_mounted = False
             faults.step("RemoveContainer.rootfs_unmounted")
-        for d in (self.bundle(c.id), self.persist(c.id)):
-            await asyncio.to_thread(shutil.rmtree, d, True)
+        await self.trash.discard(self.bundle(c.id), self.persist(c.id))  # renamed now, deleted in the background
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.attach_dir(c.id))  # conmon's symlink to the bundle (rmtree refuses links)
         self.exits.forget(c.id)
@@ -592,6 +592,8 @@ class Containers:
         if found is not None:
             self._record_exit(c, *found)
             return
+        if c.state == State.RUNNING and procs.same_process(c.pid, c.pid_start):
+            return  # still running: no `runtime state` (a process each) per container at startup
         state = await self.pods.runtime(c.handler).state(c.id)
         status = state.get("status") if state else None
         if status in ("running", "created") and procs.same_process(c.pid, c.pid_start):

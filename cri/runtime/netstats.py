@@ -15,8 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from cri.runtime import namespaces
 
 NETLINK_ROUTE = 0
@@ -68,6 +66,8 @@ def parse_links(links: Iterable[Any]) -> list[Interface]:
 
 def read_interfaces(netns: str) -> list[Interface]:
     """Blocking: run it on EXECUTOR (it moves the calling thread in and out of ``netns``)."""
+    from pyroute2 import IPRoute  # at the first stats call: 8 MiB that a daemon without stats calls never needs
+
     with namespaces._entered({"net": netns}):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
     try:

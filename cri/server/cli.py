@@ -8,6 +8,7 @@ crid version
 
 import argparse
 import asyncio
+import ctypes
 import sys
 from typing import Any
 
@@ -38,6 +39,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def _one_malloc_arena() -> None:
+    """Every thread allocates from glibc's main arena. With an arena per thread, a pull's
+    buffers stay resident in the worker threads' arenas: malloc_trim does not shrink the top
+    of a thread arena (measured: +16 MiB after one 300 MB pull, +30 MiB after three, never
+    given back). The main arena is trimmed after every pull (cri.images.manager), the
+    threads' small allocations come from their tcache without taking its lock, and a pull
+    takes as long as before. Before any thread starts; a no-op outside glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, 1)
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     for flag, key in (
@@ -55,6 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"crid: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logmod.setup(config.log.level, config.log.format)
+    _one_malloc_arena()
 
     from cri.server.daemon import Daemon  # imports grpc; keep `crid config` light
 

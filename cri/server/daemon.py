@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 import grpc
 
@@ -32,6 +33,21 @@ from cri.server.streaming import StreamingServer
 from cri.store import Store
 
 log = logging.getLogger("cri.server.daemon")
+
+
+def _watch_children_by_pidfd() -> None:
+    """Subprocess exits seen through a pidfd on the event loop. Python 3.11's default watcher
+    starts a thread per child to wait for it, and crid starts a process for every OCI runtime
+    command, CNI plugin and ExecSync. 3.12 does this by itself."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # a kernel before 5.3
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
 
 
 class Daemon:
@@ -68,6 +84,7 @@ class Daemon:
         await containers.handlers.probe()
         await containers.recover()
         await pods.cni.clear_partial_writes()
+        containers.trash.recover()  # in the background: nothing waits for old directories to go
         await pods.recover()
         await images.gc()  # blobs and snapshots of a pull cut short, which no image holds
 
@@ -77,6 +94,7 @@ class Daemon:
 
     async def run(self) -> int:
         cfg = self.config
+        _watch_children_by_pidfd()
         make_dir(cfg.root_dir, 0o711)
         make_dir(cfg.state_dir, 0o711)
         self._ownership.claim()
@@ -157,6 +175,7 @@ class Daemon:
         # work that outlives its RPC (shielded creates, pull cleanup) ends before the store closes
         grace = cfg.grpc.shutdown_grace_seconds
         await asyncio.gather(pods.drain(grace), containers.drain(grace), images.drain(grace))
+        await containers.trash.drain(grace)  # after the drains: an undone create discards its dirs
         containers.close()
         if self._metrics is not None:
             self._metrics.stop()

@@ -6,6 +6,9 @@ from cri.runtime.container_store import Container
 from cri.runtime.container_store import State as CState
 from cri.runtime.sandbox_store import Sandbox, State
 
+# the field that carries the items of ListContainers, ListPodSandbox and their Stream* replies
+LIST_ITEMS_FIELD = 1
+
 
 def sandbox_message(sb: Sandbox) -> pb.PodSandbox:
     return pb.PodSandbox(
@@ -83,3 +86,19 @@ def container_status(c: Container) -> pb.ContainerStatus:
         resources=pb.ContainerResources(linux=pb.LinuxContainerResources.FromString(c.resources)),
         user=pb.ContainerUser(linux=pb.LinuxContainerUser(uid=c.uid, gid=c.gid, supplemental_groups=c.groups)),
     )
+
+
+def list_item(body: bytes) -> bytes:
+    """A serialized item framed as one entry of a list reply's items field (tag, length,
+    body): on the wire a reply is just its entries one after the other, so cached entries
+    joined are the serialized reply."""
+    return _varint(LIST_ITEMS_FIELD << 3 | 2) + _varint(len(body)) + body
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

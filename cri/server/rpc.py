@@ -88,13 +88,22 @@ class Gate:
 class _Call:
     """Bookkeeping of one RPC: id, timing, metrics, the final log line."""
 
+    __slots__ = ("_request_id", "code", "full", "metrics", "start")
+
     def __init__(self, full: str, metrics: OperationMetrics) -> None:
         self.full = full
         self.metrics = metrics
-        self.request_id = uuid.uuid4().hex[:16]
+        self._request_id = ""
         self.code = grpc.StatusCode.OK
         self.start = time.perf_counter()
         metrics.in_flight.inc()
+
+    @property
+    def request_id(self) -> str:
+        """Made on first use: only a debug log line or an error shows it (uuid4 costs on every call)."""
+        if not self._request_id:
+            self._request_id = uuid.uuid4().hex[:16]
+        return self._request_id
 
     def check(self, request: Any) -> None:
         """Refuse a malformed body or a request that breaks the field rules."""
@@ -128,14 +137,20 @@ class _Call:
             )
 
 
-UnaryFn = Callable[[Any, Any], Awaitable[Message]]
-StreamFn = Callable[[Any, Any], AsyncIterator[Message]]
+# a reply is a message, or its wire bytes when the servicer keeps them serialized (list calls)
+Reply = Message | bytes
+UnaryFn = Callable[[Any, Any], Awaitable[Reply]]
+StreamFn = Callable[[Any, Any], AsyncIterator[Reply]]
+
+
+def _serialize(reply: Reply) -> bytes:
+    return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 
 def _wrap_unary(service: str, method: str, fn: UnaryFn, gate: Gate) -> UnaryFn:
     full, metrics = f"{service}.{method}", OperationMetrics(method)
 
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Message:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Reply:
         call = _Call(full, metrics)
         try:
             gate.check()
@@ -157,7 +172,7 @@ def _wrap_unary(service: str, method: str, fn: UnaryFn, gate: Gate) -> UnaryFn:
 def _wrap_stream(service: str, method: str, fn: StreamFn, gate: Gate) -> StreamFn:
     full, metrics = f"{service}.{method}", OperationMetrics(method)
 
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Reply]:
         call = _Call(full, metrics)
         try:
             gate.check()
@@ -185,18 +200,17 @@ def service_handler(service_name: str, servicer: object, gate: Gate) -> grpc.Gen
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for m in descriptor.methods:
         request_cls = message_factory.GetMessageClass(m.input_type)
-        response_cls = message_factory.GetMessageClass(m.output_type)
         fn = getattr(servicer, m.name)
         if m.server_streaming:
             handlers[m.name] = grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(service_name, m.name, fn, gate),
                 request_deserializer=_decoder(request_cls),
-                response_serializer=response_cls.SerializeToString,
+                response_serializer=_serialize,
             )
         else:
             handlers[m.name] = grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(service_name, m.name, fn, gate),
                 request_deserializer=_decoder(request_cls),
-                response_serializer=response_cls.SerializeToString,
+                response_serializer=_serialize,
             )
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)

@@ -7,8 +7,10 @@ raises NotImplementedError; cri.server.rpc answers those UNIMPLEMENTED.
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Collection
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from typing import Any
+
+from google.protobuf.message import Message
 
 import cri
 from cri import config as configmod
@@ -25,12 +27,9 @@ from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox, State
 from cri.runtime.stats import Usage
 from cri.server.events_service import EventsServicer
-from cri.server.messages import container_message, container_status, sandbox_message, sandbox_status
+from cri.server.messages import container_message, container_status, list_item, sandbox_message, sandbox_status
 from cri.server.stats_service import StatsServicer
 from cri.server.streaming import StreamingServer
-
-K = TypeVar("K")
-M = TypeVar("M")
 
 # items per message of the Stream* list calls
 STREAM_CHUNK = 200
@@ -39,6 +38,12 @@ STREAM_CHUNK = 200
 KUBE_API_VERSION = "0.1.0"
 RUNTIME_NAME = "crid"
 RUNTIME_API_VERSION = "v1"
+_VERSION = pb.VersionResponse(
+    version=KUBE_API_VERSION,
+    runtime_name=RUNTIME_NAME,
+    runtime_version=cri.__version__,
+    runtime_api_version=RUNTIME_API_VERSION,
+).SerializeToString()  # the same on every call: serialized once
 
 
 def _condition(kind: str, c: Condition) -> pb.RuntimeCondition:
@@ -52,26 +57,28 @@ def _handler_features(h: handlers.RuntimeHandler) -> pb.RuntimeHandlerFeatures:
     )
 
 
-class _Listing(Generic[K, M]):
-    """List messages kept per object until its state changes: List calls are
-    kubelet's most frequent, and building protobuf messages in Python is most
-    of their cost."""
+class _Listing:
+    """Each object's list entry, serialized and framed (messages.list_item), kept until its
+    state changes: List calls are kubelet's most frequent, and building and serializing
+    protobuf messages in Python is most of their cost. A reply is the entries joined."""
 
-    def __init__(self, build: Callable[[Any], M]) -> None:
+    def __init__(self, build: Callable[[Any], Message]) -> None:
         self.build = build
-        self._cache: dict[str, tuple[K, M]] = {}
+        self._cache: dict[str, tuple[str, bytes]] = {}
 
-    def get(self, obj: Any, version: K) -> M:
+    def get(self, obj: Any, version: str) -> bytes:
         hit = self._cache.get(obj.id)
         if hit is not None and hit[0] == version:
             return hit[1]
-        msg = self.build(obj)
-        self._cache[obj.id] = (version, msg)
-        return msg
+        entry = list_item(self.build(obj).SerializeToString())
+        self._cache[obj.id] = (version, entry)
+        return entry
 
-    def prune(self, live: Collection[str]) -> None:
+    def reply(self, found: Sequence[Any], live: Collection[str]) -> bytes:
+        """The serialized reply listing ``found`` (objects with an ``id`` and a ``state``)."""
         if len(self._cache) > 2 * len(live) + 16:
             self._cache = {k: v for k, v in self._cache.items() if k in live}
+        return b"".join([self.get(obj, obj.state.value) for obj in found])
 
 
 class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeServiceServicer):
@@ -80,32 +87,26 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         self.pods = pods
         self.containers = containers
         self.streaming = streaming
-        self._pod_listing: _Listing[str, pb.PodSandbox] = _Listing(sandbox_message)
-        self._container_listing: _Listing[str, pb.Container] = _Listing(container_message)
+        self._pod_listing = _Listing(sandbox_message)
+        self._container_listing = _Listing(container_message)
+        self._status: tuple[object, bytes] | None = None  # the last non-verbose Status reply and what it shows
 
-    def _pods_listed(self, found: list[Sandbox]) -> list[pb.PodSandbox]:
-        self._pod_listing.prune(self.pods.store.by_id)
-        return [self._pod_listing.get(sb, sb.state.value) for sb in found]
+    def _pods_listed(self, found: Sequence[Sandbox]) -> bytes:
+        return self._pod_listing.reply(found, self.pods.store.by_id)
 
-    def _containers_listed(self, found: list[Container]) -> list[pb.Container]:
-        self._container_listing.prune(self.containers.store.by_id)
-        return [self._container_listing.get(c, c.state.value) for c in found]
+    def _containers_listed(self, found: Sequence[Container]) -> bytes:
+        return self._container_listing.reply(found, self.containers.store.by_id)
 
-    async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
-        return pb.VersionResponse(
-            version=KUBE_API_VERSION,
-            runtime_name=RUNTIME_NAME,
-            runtime_version=cri.__version__,
-            runtime_api_version=RUNTIME_API_VERSION,
-        )
+    async def Version(self, request: pb.VersionRequest, context: Any) -> bytes:
+        return _VERSION
 
-    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
-        status = pb.RuntimeStatus(
-            conditions=[
-                _condition("RuntimeReady", handlers.runtime_condition(self.config)),
-                _condition("NetworkReady", self.pods.cni.status()),
-            ]
-        )
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse | bytes:
+        # the checks run on every call (a binary or a CNI config may come or go at any time);
+        # the reply is built again only when their outcome changed
+        runtime, network = handlers.runtime_condition(self.config), self.pods.cni.status()
+        key = (runtime, network, tuple(self.containers.handlers.features.items()))
+        if not request.verbose and self._status is not None and self._status[0] == key:
+            return self._status[1]
         runtime_handlers = []
         for h in self.containers.handlers.all():
             features = _handler_features(h)
@@ -113,20 +114,22 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
             if h.name == self.config.runtime.default_handler:
                 # kubelet looks up pods without a RuntimeClass under the empty name
                 runtime_handlers.append(pb.RuntimeHandler(name="", features=features))
-        info = {}
-        if request.verbose:
-            info["config"] = configmod.as_json(self.config)
-            # AppArmor: requests for a profile are refused (InvalidArgument); unconfined works
-            info["apparmor"] = json.dumps(
-                {"supported": False, "kernelEnabled": handlers.apparmor_enabled(), "profiles": "unconfined only"}
-            )
-        return pb.StatusResponse(
-            status=status,
-            info=info,
+        conditions = [_condition("RuntimeReady", runtime), _condition("NetworkReady", network)]
+        reply = pb.StatusResponse(
+            status=pb.RuntimeStatus(conditions=conditions),
             runtime_handlers=runtime_handlers,
             # Merge and Strict are applied by the spec builder (cri/runtime/users.py)
             features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
+        if not request.verbose:
+            self._status = (key, reply.SerializeToString())
+            return self._status[1]
+        reply.info["config"] = configmod.as_json(self.config)
+        # AppArmor: requests for a profile are refused (InvalidArgument); unconfined works
+        reply.info["apparmor"] = json.dumps(
+            {"supported": False, "kernelEnabled": handlers.apparmor_enabled(), "profiles": "unconfined only"}
+        )
+        return reply
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Any) -> pb.RuntimeConfigResponse:
         # what [runtime] cgroup_driver says (the schema refuses "systemd": crid has no systemd driver)
@@ -183,16 +186,14 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
             )
         return pb.PodSandboxStatusResponse(status=sandbox_status(sb), info=info)
 
-    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> pb.ListPodSandboxResponse:
-        found = self.pods.list(request.filter if request.HasField("filter") else None)
-        return pb.ListPodSandboxResponse(items=self._pods_listed(found))
+    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> bytes:
+        # a ListPodSandboxResponse on the wire (as the Stream* replies below): see _Listing
+        return self._pods_listed(self.pods.list(request.filter if request.HasField("filter") else None))
 
-    async def StreamPodSandboxes(
-        self, request: pb.StreamPodSandboxesRequest, context: Any
-    ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
+    async def StreamPodSandboxes(self, request: pb.StreamPodSandboxesRequest, context: Any) -> AsyncIterator[bytes]:
         found = self.pods.list(request.filter if request.HasField("filter") else None)
         for i in range(0, len(found), STREAM_CHUNK):
-            yield pb.StreamPodSandboxesResponse(pod_sandboxes=self._pods_listed(found[i : i + STREAM_CHUNK]))
+            yield self._pods_listed(found[i : i + STREAM_CHUNK])
 
     # --- containers ------------------------------------------------------------------
 
@@ -216,16 +217,13 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         await self.containers.remove(_need(request.container_id, "RemoveContainer"))
         return pb.RemoveContainerResponse()
 
-    async def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
-        found = self.containers.list(request.filter if request.HasField("filter") else None)
-        return pb.ListContainersResponse(containers=self._containers_listed(found))
+    async def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> bytes:
+        return self._containers_listed(self.containers.list(request.filter if request.HasField("filter") else None))
 
-    async def StreamContainers(
-        self, request: pb.StreamContainersRequest, context: Any
-    ) -> AsyncIterator[pb.StreamContainersResponse]:
+    async def StreamContainers(self, request: pb.StreamContainersRequest, context: Any) -> AsyncIterator[bytes]:
         found = self.containers.list(request.filter if request.HasField("filter") else None)
         for i in range(0, len(found), STREAM_CHUNK):
-            yield pb.StreamContainersResponse(containers=self._containers_listed(found[i : i + STREAM_CHUNK]))
+            yield self._containers_listed(found[i : i + STREAM_CHUNK])
 
     async def ContainerStatus(self, request: pb.ContainerStatusRequest, context: Any) -> pb.ContainerStatusResponse:
         c = self.containers.get(_need(request.container_id, "ContainerStatus"))

@@ -78,6 +78,12 @@ def test_every_workload_once(workdir: Path) -> None:
         "pod_lifecycle_parallel.remove",
         "rss_20_pods.daemon",
         "rss_20_pods.per_pod_rss",
+        "version_floor",
+        "node.run_110",
+        "node.list_containers_110",
+        "node.exec_110",
+        "node.cpu_poll",
+        "node.restart_lists",
     )
     for name in both:  # what both runtimes do today
         assert all(o.status == "ok" for o in by_name[name].outcomes.values()), (name, by_name[name].outcomes)
@@ -109,6 +115,8 @@ def test_every_workload_once(workdir: Path) -> None:
     assert set(data["pull_floor_ratios"]) == {"big", "small"} and data["pull_floor_ratios"]["big"]["crid"] > 0
     assert "Cold pull seconds / floor (p50s): big: crid " in markdown
     assert results.files["plot"].read_bytes().startswith(b"\x89PNG")
+    assert results.files["scaling"].read_bytes().startswith(b"\x89PNG")  # latency against the pod count
+    assert "| ListContainers | 1: " in markdown
     assert (workdir / "results" / "logs" / "containerd.log").is_file()
 
     # containerd kept to its temporary dirs, and everything was stopped and removed
