@@ -135,6 +135,10 @@ class Images:
         nums = [self.meta.snapshots[c].num for c in reversed(image.chain_ids)]
         self.snapshots.mount_overlay(nums, target, upper, work)
 
+    def mount_readonly(self, image: ImageRecord, target: str) -> None:
+        """Mount the image's layers read-only at ``target`` (an image volume; blocking)."""
+        self.snapshots.mount_overlay([self.meta.snapshots[c].num for c in reversed(image.chain_ids)], target)
+
     async def remove(self, text: str) -> None:
         """Remove the image and all its names; unknown images are fine."""
         image = self.find(text)

@@ -32,6 +32,7 @@ from cri.runtime.events import EventBus, Kind
 from cri.runtime.exec_session import run_exec
 from cri.runtime.exits import ExitWatcher
 from cri.runtime.handlers import Handlers
+from cri.runtime.image_volumes import ImageVolumes, check_mount
 from cri.runtime.pods import Pods, drain_tasks, pod_hostname
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
@@ -87,6 +88,7 @@ class Containers:
         self._min_oom = _own_oom_score_adj()
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
         self.trash = Trash(config.root_dir, config.state_dir)
+        self.volumes = ImageVolumes(images, config.state_dir)
         pods.stop_containers = self._stop_all
         pods.remove_containers = self._remove_all
         images.snapshots_in_use = self._chains_in_use
@@ -111,7 +113,7 @@ class Containers:
         return self._exited.setdefault(cid, asyncio.Event())
 
     def _chains_in_use(self) -> set[str]:
-        return {chain for c in self.store.by_id.values() for chain in c.chain_ids}
+        return {chain for c in self.store.by_id.values() for chain in c.chain_ids} | self.volumes.chains_in_use()
 
     # --- CreateContainer -----------------------------------------------------------
 
@@ -131,6 +133,7 @@ class Containers:
         m, pm = config.metadata, sb.config.metadata
         name = f"{m.name}_{pm.name}_{pm.namespace}_{pm.uid}_{m.attempt}"
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + sb.id.encode()).hexdigest()
+        config = self._with_volume_refs(config)
         existing = self.store.by_name.get(name)
         if existing is not None:
             c = self.store.by_id[existing]
@@ -163,6 +166,18 @@ class Containers:
         self._tasks[name] = task
         task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
         return await asyncio.shield(task)
+
+    def _with_volume_refs(self, config: pb.ContainerConfig) -> pb.ContainerConfig:
+        """Image mounts checked, and their images' ids set (ContainerStatus reports them, KEP-5365)."""
+        if not any(m.image.image for m in config.mounts):
+            return config
+        out = pb.ContainerConfig()
+        out.CopyFrom(config)
+        for mount in out.mounts:
+            if mount.image.image:
+                check_mount(mount)
+                mount.image.image_ref = self.volumes.image_of(mount).id
+        return out
 
     async def _create(self, c: Container, sb: Sandbox) -> str:
         started = time.monotonic()
@@ -225,7 +240,7 @@ class Containers:
         c.cgroups_path = f"{cg}/{c.id}" if cg else f"/crid-{c.id}"
         inputs = SpecInputs(
             container_id=c.id,
-            config=c.config,
+            config=await self.volumes.resolve(sb.id, c.config),
             sandbox_config=sb.config,
             image_config=image_config,
             rootfs=rootfs,
@@ -426,6 +441,8 @@ class Containers:
     async def _remove_all(self, sb: Sandbox) -> None:
         await self._settle_creates(sb)
         await asyncio.gather(*(self.remove(c.id) for c in self.store.of_sandbox(sb.id)))
+        if await self.volumes.release(sb.id):  # mounted for the pod's containers, gone with the pod
+            await self.images.gc()  # their layers may belong to an image removed meanwhile
 
     # --- exec, logs, resources -------------------------------------------------------------
 
@@ -572,6 +589,7 @@ class Containers:
     async def recover(self) -> None:
         """After a restart: exits that happened meanwhile, half-made containers."""
         self.exits.start()
+        await self.volumes.recover(set(self.pods.store.by_id))
         for c in list(self.store.by_id.values()):
             if c.state == State.CREATING:
                 try:

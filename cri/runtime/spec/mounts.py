@@ -99,7 +99,7 @@ def _cri_mount(m: pb.Mount, rro_supported: bool, linux: dict[str, Any]) -> dict[
     it and CRI-O make; may create a missing host directory."""
     if not m.host_path:
         if m.image.image:
-            raise InvalidArgument(f"image volume mounts are not supported (mount at {m.container_path})")
+            raise InvalidArgument(f"image volume at {m.container_path!r} was not mounted")  # resolved earlier
         raise InvalidArgument(f"mount at {m.container_path!r} has no host_path")
     if not m.container_path.startswith("/"):
         raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
