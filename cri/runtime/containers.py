@@ -14,14 +14,12 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
-from dataclasses import dataclass
 
 from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.config import Config
-from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
 from cri.runtime import monitor, podfiles, procs
@@ -30,6 +28,7 @@ from cri.runtime.container_metrics import count_exit
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.events import EventBus, Kind
 from cri.runtime.exec_session import run_exec
+from cri.runtime.exec_sync import ExecResult, exec_sync
 from cri.runtime.exits import ExitWatcher
 from cri.runtime.handlers import Handlers
 from cri.runtime.pods import Pods, drain_tasks, pod_hostname
@@ -43,17 +42,8 @@ from cri.store import Store
 
 log = logging.getLogger(__name__)
 
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
-KILL_WAIT = 10.0
-REOPEN_WAIT = 2.0  # after SIGKILL, how long an exit may take before crid gives up waiting
-_TRUNCATED = b"\n[crid: output truncated at 16 MiB]\n"
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    stdout: bytes
-    stderr: bytes
-    exit_code: int
+KILL_WAIT = 10.0  # after SIGKILL, how long an exit may take before crid gives up waiting
+REOPEN_WAIT = 2.0  # how long conmon may take to reopen a log file
 
 
 def _own_oom_score_adj() -> int:
@@ -247,9 +237,7 @@ class Containers:
         await asyncio.to_thread(_write_json, os.path.join(bundle, "config.json"), spec)
         if c.log_path:
             os.makedirs(os.path.dirname(c.log_path), exist_ok=True)
-        runtime = self.pods.runtime(c.handler)
-        c.pid = await monitor.create(
-            runtime,
+        c.pid = await self.handlers.runtime(c.handler).create(
             monitor.MonitorSpec(
                 container_id=c.id,
                 bundle=bundle,
@@ -278,7 +266,7 @@ class Containers:
                     raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
                 self._event(c.id)
                 started = time.time_ns()
-                await self.pods.runtime(c.handler).run("start", c.id)
+                await self.handlers.runtime(c.handler).start(c.id)
                 faults.step("StartContainer.started")
                 c.state = State.RUNNING
                 c.started_at = started
@@ -341,7 +329,7 @@ class Containers:
         c = self.store.find(cid)
         if c is None or c.state in (State.CREATING, State.EXITED):
             return
-        runtime = self.pods.runtime(c.handler)
+        runtime = self.handlers.runtime(c.handler)
         try:
             if timeout > 0:
                 with contextlib.suppress(FailedPrecondition):
@@ -371,7 +359,7 @@ class Containers:
 
     async def _cleanup(self, c: Container) -> None:
         """Undo everything of a container on the system (not its record)."""
-        runtime = self.pods.runtime(c.handler)
+        runtime = self.handlers.runtime(c.handler)
         with contextlib.suppress(NotFound, FailedPrecondition):
             await runtime.delete(c.id)
         faults.step("RemoveContainer.runtime_deleted")
@@ -435,41 +423,13 @@ class Containers:
             raise FailedPrecondition(f"container {c.id} is not running")
         if not cmd:
             raise InvalidArgument("ExecSync: cmd is empty")
-        bundle = self.bundle(c.id)
-        spec = await asyncio.to_thread(_read_json, os.path.join(bundle, "config.json"))
-        process = dict(spec["process"])  # type: ignore[call-overload]
-        process.update(args=cmd, terminal=False)
-        fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
-        pid_path = process_path[: -len(".json")] + ".pid"
-        with os.fdopen(fd, "w") as f:
-            json.dump(process, f)
-        runtime = self.pods.runtime(c.handler)
-        proc = await asyncio.create_subprocess_exec(
-            runtime.binary, "--root", runtime.root, "exec", "--process", process_path, "--pid-file", pid_path, c.id,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            reads = asyncio.gather(_read_capped(proc.stdout), _read_capped(proc.stderr), proc.wait())
-            try:
-                out, err, code = await asyncio.wait_for(reads, timeout if timeout > 0 else None)
-            except TimeoutError:
-                await _end_exec(proc, pid_path)
-                raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s and was killed") from None
-            except asyncio.CancelledError:  # the client went away (its own deadline): the command goes too
-                await _end_exec(proc, pid_path)
-                raise
-        finally:
-            for path in (process_path, pid_path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-        return ExecResult(out, err, code)
+        return await exec_sync(self.handlers.runtime(c.handler), c.id, self.bundle(c.id), cmd, timeout)
 
     async def exec_stream(self, cid: str, cmd: list[str], stdio: Stdio) -> int:  # Exec: see exec_session.py
         if not cmd:
             raise InvalidArgument("Exec: cmd is empty")
         c = self._running(cid)
-        return await run_exec(self.pods.runtime(c.handler), c.id, self.bundle(c.id), cmd, stdio)
+        return await run_exec(self.handlers.runtime(c.handler), c.id, self.bundle(c.id), cmd, stdio)
 
     async def attach(self, cid: str, stdio: Stdio) -> None:  # see attach.py for conmon's socket
         c = self._running(cid)
@@ -498,14 +458,7 @@ class Containers:
             raise FailedPrecondition(f"container {c.id} is {c.state.value}: resources can only change while it runs")
         spec = await asyncio.to_thread(_read_json, os.path.join(self.bundle(c.id), "config.json"))
         doc = update_resources(spec, resources)
-        runtime = self.pods.runtime(c.handler)
-        fd, path = tempfile.mkstemp(prefix="update-", suffix=".json", dir=self.bundle(c.id))
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        try:
-            await runtime.run("update", "--resources", path, c.id)
-        finally:
-            os.unlink(path)
+        await self.handlers.runtime(c.handler).update(c.id, doc, self.bundle(c.id))
         c.resources = resources.SerializeToString()
         self.store.save(c)
 
@@ -594,7 +547,7 @@ class Containers:
             return
         if c.state == State.RUNNING and procs.same_process(c.pid, c.pid_start):
             return  # still running: no `runtime state` (a process each) per container at startup
-        state = await self.pods.runtime(c.handler).state(c.id)
+        state = await self.handlers.runtime(c.handler).state(c.id)
         status = state.get("status") if state else None
         if status in ("running", "created") and procs.same_process(c.pid, c.pid_start):
             if status == "running" and c.state == State.CREATED:  # crid died right after `runtime start`
@@ -637,37 +590,3 @@ def _read_json(path: str) -> dict[str, object]:
         doc = json.load(f)
     assert isinstance(doc, dict)
     return doc
-
-
-async def _end_exec(proc: asyncio.subprocess.Process, pid_path: str) -> None:
-    """Kill an exec'd command and let ``runc exec`` reap it before it exits
-    (killing runc first would leave the command a zombie in the container)."""
-    _kill_exec(pid_path)
-    try:
-        await asyncio.wait_for(proc.wait(), KILL_WAIT)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
-def _kill_exec(pid_path: str) -> None:
-    try:
-        with open(pid_path) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
-
-
-async def _read_capped(stream: asyncio.StreamReader) -> bytes:
-    """Read a stream to its end, keeping at most EXEC_OUTPUT_LIMIT bytes."""
-    buf = bytearray()
-    truncated = False
-    while chunk := await stream.read(64 * 1024):
-        room = EXEC_OUTPUT_LIMIT - len(buf)
-        if room > 0:
-            buf += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return bytes(buf) + (_TRUNCATED if truncated else b"")

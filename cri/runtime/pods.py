@@ -27,7 +27,7 @@ from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFo
 from cri.log import fields
 from cri.runtime import cgroups, infra, namespaces, podfiles, procs
 from cri.runtime.events import EventBus, Kind
-from cri.runtime.oci import OciRuntime
+from cri.runtime.handlers import Handlers
 from cri.runtime.portforward import forward
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
 from cri.runtime.stdio import Duplex
@@ -152,9 +152,12 @@ class _Steps:
 
 
 class Pods:
-    def __init__(self, config: Config, store: Store, cni: CniManager, events: EventBus | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store, cni: CniManager, handlers: Handlers, events: EventBus | None = None
+    ) -> None:
         self.config = config
         self.cni = cni
+        self.handlers = handlers
         self.events = events if events is not None else EventBus()
         self.store = SandboxStore(store)
         self._tasks: dict[str, asyncio.Task[str]] = {}  # reserved name -> RunPodSandbox work
@@ -164,15 +167,6 @@ class Pods:
         self.remove_containers: ContainerHook = _no_containers
 
     # --- helpers -----------------------------------------------------------------
-
-    def runtime(self, handler: str) -> OciRuntime:
-        name = handler or self.config.runtime.default_handler
-        h = self.config.runtime.handlers.get(name)
-        if h is None:
-            raise NotFound(
-                f"no runtime handler {name!r} is configured (known: {', '.join(self.config.runtime.handlers)})"
-            )
-        return OciRuntime(name, h.binary, self.config.handler_root(name))
 
     def files_dir(self, sb: Sandbox) -> str:
         return os.path.join(self.config.root_dir, "sandboxes", sb.id)
@@ -195,7 +189,7 @@ class Pods:
 
     async def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
         validate(config)
-        self.runtime(handler)
+        self.handlers.runtime(handler)
         name = reserved_name(config.metadata)
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + handler.encode()).hexdigest()
         existing = self.store.by_name.get(name)
@@ -313,7 +307,7 @@ class Pods:
     async def _start_infra(self, sb: Sandbox, opts: pb.NamespaceOption) -> None:
         if opts.pid != pb.POD:
             return
-        runtime = self.runtime(sb.handler)
+        runtime = self.handlers.runtime(sb.handler)
         rootfs = infra.ensure_rootfs(self.config.root_dir)
         cg = sb.config.linux.cgroup_parent.rstrip("/")
         cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
@@ -359,9 +353,11 @@ class Pods:
         half of everything); the first error is raised at the end."""
         steps = _Steps(sb)
         await steps.run("stop containers", self.stop_containers(sb))
-        if sb.infra_pid and await steps.run("stop infra", infra.stop(self.runtime(sb.handler), infra.infra_id(sb.id))):
-            sb.infra_pid = 0
-            faults.step("StopPodSandbox.infra_deleted")
+        if sb.infra_pid:
+            stop_infra = infra.stop(self.handlers.runtime(sb.handler), infra.infra_id(sb.id))
+            if await steps.run("stop infra", stop_infra):
+                sb.infra_pid = 0
+                faults.step("StopPodSandbox.infra_deleted")
         if sb.network_added:
             netns = sb.namespaces.get("net")
             teardown = self.cni.teardown(sb.id, netns if netns and namespaces.is_pinned(netns) else None)

@@ -101,8 +101,9 @@ class Daemon:
         store = Store(cfg.root_dir)
         images = Images(cfg, store)
         cni = CniManager(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root_dir, "cni", "results"))
-        pods = Pods(cfg, store, cni, self.events)
-        containers = Containers(cfg, store, pods, images, Handlers(cfg), self.events)
+        handlers = Handlers(cfg)
+        pods = Pods(cfg, store, cni, handlers, self.events)
+        containers = Containers(cfg, store, pods, images, handlers, self.events)
         STATE.attach(cfg, self.gate, pods, containers)
         try:
             return await self._serve(images, pods, containers)
