@@ -19,7 +19,7 @@ import time
 from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.config import Config
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
 from cri.runtime import monitor, podfiles, procs
@@ -31,7 +31,8 @@ from cri.runtime.exec_session import run_exec
 from cri.runtime.exec_sync import ExecResult, exec_sync
 from cri.runtime.exits import ExitWatcher
 from cri.runtime.handlers import Handlers
-from cri.runtime.pods import Pods, drain_tasks, pod_hostname
+from cri.runtime.lifecycle import Lifecycle
+from cri.runtime.pods import Pods, pod_hostname
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
@@ -71,9 +72,8 @@ class Containers:
         self.images = images
         self.store = ContainerStore(store)
         self.exits = ExitWatcher(os.path.join(config.state_dir, "exits"), self._on_exit, self._rescan_exits)
+        self.life = Lifecycle(self.store)
         self._exited: dict[str, asyncio.Event] = {}
-        self._tasks: dict[str, asyncio.Task[str]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._min_oom = _own_oom_score_adj()
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
         self.trash = Trash(config.root_dir, config.state_dir)
@@ -93,9 +93,6 @@ class Containers:
         """Where conmon puts the container's attach socket: its --socket-dir-path/<id>,
         a symlink conmon makes to the bundle dir (keeps the socket path short)."""
         return os.path.join(self.config.state_dir, "attach", cid)
-
-    def _lock(self, cid: str) -> asyncio.Lock:
-        return self._locks.setdefault(cid, asyncio.Lock())
 
     def _event(self, cid: str) -> asyncio.Event:
         return self._exited.setdefault(cid, asyncio.Event())
@@ -121,13 +118,11 @@ class Containers:
         m, pm = config.metadata, sb.config.metadata
         name = f"{m.name}_{pm.name}_{pm.namespace}_{pm.uid}_{m.attempt}"
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + sb.id.encode()).hexdigest()
-        existing = self.store.by_name.get(name)
-        if existing is not None:
-            c = self.store.by_id[existing]
-            if c.fingerprint != fingerprint:
-                raise AlreadyExists(f"container name {name!r} is already reserved for container {c.id}")
-            task = self._tasks.get(name)
-            return await asyncio.shield(task) if task is not None else c.id
+        joined = await self.life.reserve(
+            name, fingerprint, lambda c: f"container name {name!r} is already reserved for container {c.id}"
+        )
+        if joined is not None:
+            return joined
         log_path = ""
         if sb.config.log_directory and config.log_path:
             log_path = os.path.join(sb.config.log_directory, config.log_path)
@@ -149,34 +144,30 @@ class Containers:
         )
         self.store.add(c)
         faults.step("CreateContainer.recorded")
-        task = asyncio.ensure_future(self._create(c, sb))
-        self._tasks[name] = task
-        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
-        return await asyncio.shield(task)
+        return await self.life.launch(name, self._create(c, sb))
 
     async def _create(self, c: Container, sb: Sandbox) -> str:
         started = time.monotonic()
-        try:
-            async with self._lock(c.id):
-                await self._setup(c, sb)
-                c.state = State.CREATED
-                self.store.save(c)
-                faults.step("CreateContainer.created_recorded")
-                self.events.publish(Kind.CREATED, sb, c.id)
-        except BaseException as exc:
-            log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
-            try:
-                await self._cleanup(c)
-            except Exception as undo:  # keep the record so RemoveContainer can finish the job
-                log.warning("container undo incomplete; kept for removal", extra=fields(id=c.id, error=str(undo)))
-                self._record_exit(c, 255, time.time_ns(), f"create failed: {exc}")
-                c.reason = "CreateFailed"
-                self.store.save(c)
-                raise
-            self.store.delete(c)
-            raise
+        await self.life.attempt(c.id, lambda: self._make(c, sb), lambda exc: self._undo(c, exc))
         log.info("container created", extra=fields(id=c.id, name=c.name, seconds=round(time.monotonic() - started, 4)))
         return c.id
+
+    async def _make(self, c: Container, sb: Sandbox) -> None:
+        await self._setup(c, sb)
+        self.store.update(c, state=State.CREATED)
+        faults.step("CreateContainer.created_recorded")
+        self.events.publish(Kind.CREATED, sb, c.id)
+
+    async def _undo(self, c: Container, exc: BaseException) -> None:
+        log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
+        try:
+            await self._cleanup(c)
+        except Exception as undo:  # keep the record so RemoveContainer can finish the job (undo's error is raised)
+            log.warning("container undo incomplete; kept for removal", extra=fields(id=c.id, error=str(undo)))
+            self._record_exit(c, 255, time.time_ns(), f"create failed: {exc}")
+            self.store.update(c, reason="CreateFailed")
+            raise
+        self.store.delete(c)
 
     async def _setup(self, c: Container, sb: Sandbox) -> None:
         image = self.images.meta.images.get(c.image_id)
@@ -190,8 +181,7 @@ class Containers:
         os.makedirs(
             upper, mode=0o755, exist_ok=True
         )  # the container's "/" takes this mode: users other than root enter it
-        c.rootfs_mounted = True  # recorded first: recovery unmounts if we die midway
-        self.store.save(c)
+        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts if we die midway
         faults.step("CreateContainer.rootfs_recorded")
         await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
         faults.step("CreateContainer.rootfs_mounted")
@@ -261,16 +251,14 @@ class Containers:
         if sb is None or sb.state != PodState.READY:
             raise FailedPrecondition(f"the pod sandbox of container {c.id} is not ready")
         try:
-            async with self._lock(c.id):
+            async with self.life.locks.hold(c.id):
                 if c.state != State.CREATED:
                     raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
                 self._event(c.id)
                 started = time.time_ns()
                 await self.handlers.runtime(c.handler).start(c.id)
                 faults.step("StartContainer.started")
-                c.state = State.RUNNING
-                c.started_at = started
-                self.store.save(c)
+                self.store.update(c, state=State.RUNNING, started_at=started)
                 faults.step("StartContainer.running_recorded")
                 self.events.publish(Kind.STARTED, sb, c.id)
         finally:
@@ -280,7 +268,7 @@ class Containers:
         c = self.store.by_id.get(cid)
         if c is None or c.state not in (State.RUNNING, State.CREATED):
             return
-        if c.state == State.CREATED and (lock := self._locks.get(cid)) is not None and lock.locked():
+        if c.state == State.CREATED and self.life.locks.locked(cid):
             return  # being started: start() looks when done, so the exit is never recorded before the start
         found = self.exits.exit_code(cid)
         if found is None:
@@ -298,15 +286,11 @@ class Containers:
         return any(os.path.exists(p) for p in candidates)
 
     def _record_exit(self, c: Container, code: int, when: int, message: str = "") -> None:
-        c.state = State.EXITED
-        c.message = message
-        c.exit_code = code
-        c.finished_at = max(when, c.started_at)
-        if self._oom_killed(c):
-            c.reason = "OOMKilled"  # the exit code stays the process's own, as containerd reports it
-        else:
-            c.reason = "Completed" if code == 0 else "Error"
-        self.store.save(c)
+        # OOMKilled: the exit code stays the process's own, as containerd reports it
+        reason = "OOMKilled" if self._oom_killed(c) else "Completed" if code == 0 else "Error"
+        self.store.update(
+            c, state=State.EXITED, message=message, exit_code=code, finished_at=max(when, c.started_at), reason=reason
+        )
         faults.step("StopContainer.exit_recorded")
         self._event(c.id).set()
         self.events.publish(Kind.STOPPED, self.pods.store.by_id.get(c.sandbox_id), c.id)
@@ -381,20 +365,16 @@ class Containers:
         c = self.store.find(cid)
         if c is None:
             return
-        task = self._tasks.get(c.name)
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
+        await self.life.settle(c.name)
         if c.state in (State.RUNNING, State.CREATED):
             await self.stop(c.id, 0)
-        async with self._lock(c.id):
+        async with self.life.locks.hold(c.id):
             if c.id not in self.store.by_id:
                 return
             await self._cleanup(c)
             self.store.delete(c)
             self.events.publish(Kind.DELETED, self.pods.store.by_id.get(c.sandbox_id), c.id)
             faults.step("RemoveContainer.record_deleted")
-        self._locks.pop(c.id, None)
         self._exited.pop(c.id, None)
         self._cpu_samples.pop(c.id, None)
         await self.images.gc()  # its layers may belong to an image removed meanwhile
@@ -403,9 +383,7 @@ class Containers:
     async def _settle_creates(self, sb: Sandbox) -> None:
         """Let CreateContainer calls in flight for this pod finish first (a pod
         must not lose its namespaces under a container being created)."""
-        pending = [self._tasks[c.name] for c in self.store.of_sandbox(sb.id) if c.name in self._tasks]
-        if pending:
-            await asyncio.wait(pending)
+        await self.life.settle_all(c.name for c in self.store.of_sandbox(sb.id))
 
     async def _stop_all(self, sb: Sandbox) -> None:
         await self._settle_creates(sb)
@@ -459,8 +437,7 @@ class Containers:
         spec = await asyncio.to_thread(_read_json, os.path.join(self.bundle(c.id), "config.json"))
         doc = update_resources(spec, resources)
         await self.handlers.runtime(c.handler).update(c.id, doc, self.bundle(c.id))
-        c.resources = resources.SerializeToString()
-        self.store.save(c)
+        self.store.update(c, resources=resources.SerializeToString())
 
     # --- stats ----------------------------------------------------------------------------
 
@@ -516,7 +493,7 @@ class Containers:
 
     async def drain(self, seconds: float) -> None:
         """At shutdown: let CreateContainer work in flight finish (or undo itself)."""
-        await drain_tasks(list(self._tasks.values()), seconds)
+        await self.life.drain(seconds)
 
     def close(self) -> None:
         """At shutdown, after drain: stop watching for exits (conmon keeps recording them)."""
@@ -551,8 +528,7 @@ class Containers:
         status = state.get("status") if state else None
         if status in ("running", "created") and procs.same_process(c.pid, c.pid_start):
             if status == "running" and c.state == State.CREATED:  # crid died right after `runtime start`
-                c.state, c.started_at = State.RUNNING, c.started_at or time.time_ns()
-                self.store.save(c)
+                self.store.update(c, state=State.RUNNING, started_at=c.started_at or time.time_ns())
             return
         conmon = monitor.conmon_pid(self.bundle(c.id))
         if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
@@ -564,8 +540,7 @@ class Containers:
                 return
         # no exit file and no such process: the monitor went with it (a reboot, or it was killed)
         self._record_exit(c, 255, time.time_ns())
-        c.reason, c.message = "Unknown", "the container's process and monitor are gone"
-        self.store.save(c)
+        self.store.update(c, reason="Unknown", message="the container's process and monitor are gone")
 
 
 def _wait_for_file(path: str, seconds: float) -> None:

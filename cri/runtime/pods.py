@@ -23,11 +23,12 @@ from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.cni import CniManager, PodNetwork, PortMapping
 from cri.config import Config
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.log import fields
 from cri.runtime import cgroups, infra, namespaces, podfiles, procs
 from cri.runtime.events import EventBus, Kind
 from cri.runtime.handlers import Handlers
+from cri.runtime.lifecycle import Lifecycle, Steps
 from cri.runtime.portforward import forward
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
 from cri.runtime.stdio import Duplex
@@ -109,48 +110,6 @@ def validate(config: pb.PodSandboxConfig) -> None:
         namespaces.sysctl_path(key)
 
 
-async def drain_tasks(tasks: "list[asyncio.Task[str]]", seconds: float) -> None:
-    """Wait for work in flight; cancel what is still running after ``seconds`` and wait for its undo."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=seconds)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.wait(pending)
-
-
-class _Steps:
-    """Runs teardown steps to the end, logging failures and keeping the first."""
-
-    def __init__(self, sb: Sandbox) -> None:
-        self.sb = sb
-        self.first: BaseException | None = None
-
-    def _failed(self, what: str, exc: Exception) -> bool:
-        log.warning("pod teardown step failed", extra=fields(id=self.sb.id, step=what, error=str(exc)))
-        self.first = self.first or exc
-        return False
-
-    async def run(self, what: str, work: Awaitable[object]) -> bool:
-        try:
-            await work
-        except Exception as exc:
-            return self._failed(what, exc)
-        return True
-
-    def call(self, what: str, fn: Callable[..., object], *args: object) -> bool:
-        try:
-            fn(*args)
-        except Exception as exc:
-            return self._failed(what, exc)
-        return True
-
-    def raise_first(self) -> None:
-        if self.first is not None:
-            raise self.first
-
-
 class Pods:
     def __init__(
         self, config: Config, store: Store, cni: CniManager, handlers: Handlers, events: EventBus | None = None
@@ -160,8 +119,7 @@ class Pods:
         self.handlers = handlers
         self.events = events if events is not None else EventBus()
         self.store = SandboxStore(store)
-        self._tasks: dict[str, asyncio.Task[str]] = {}  # reserved name -> RunPodSandbox work
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.life = Lifecycle(self.store)
         # installed by the containers layer: stop / remove every container of a pod
         self.stop_containers: ContainerHook = _no_containers
         self.remove_containers: ContainerHook = _no_containers
@@ -178,9 +136,6 @@ class Pods:
         """Cgroup directories crid made that pods other than ``other_than`` still list."""
         return {d for s in self.store.by_id.values() if s is not other_than for d in s.cgroups}
 
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
     @staticmethod
     async def _ns(fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(namespaces.EXECUTOR, fn, *args)
@@ -192,15 +147,11 @@ class Pods:
         self.handlers.runtime(handler)
         name = reserved_name(config.metadata)
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + handler.encode()).hexdigest()
-        existing = self.store.by_name.get(name)
-        if existing is not None:
-            sb = self.store.by_id[existing]
-            if sb.fingerprint != fingerprint:
-                raise AlreadyExists(f"pod sandbox name {name!r} is already reserved for sandbox {sb.id}")
-            task = self._tasks.get(name)
-            if task is not None:  # a retry after the client's deadline: join the work in progress
-                return await asyncio.shield(task)
-            return sb.id
+        joined = await self.life.reserve(
+            name, fingerprint, lambda sb: f"pod sandbox name {name!r} is already reserved for sandbox {sb.id}"
+        )
+        if joined is not None:
+            return joined
         sb = Sandbox(
             id=new_id(),
             name=name,
@@ -212,32 +163,27 @@ class Pods:
         )
         self.store.add(sb)
         faults.step("RunPodSandbox.recorded")
-        task = asyncio.ensure_future(self._create(sb))
-        self._tasks[name] = task
-        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
-        return await asyncio.shield(task)
+        return await self.life.launch(name, self._create(sb))
 
     async def _create(self, sb: Sandbox) -> str:
-        config = sb.config
-        opts = _ns_options(config)
         started = time.monotonic()
-        try:
-            async with self._lock(sb.id):
-                await self._setup(sb, config, opts)
-                sb.state = State.READY
-                self.store.save(sb)
-                faults.step("RunPodSandbox.ready_recorded")
-                self.events.publish(Kind.CREATED, sb)
-                self.events.publish(Kind.STARTED, sb)
-        except BaseException as exc:
-            log.info("pod sandbox failed, undoing", extra=fields(id=sb.id, name=sb.name, error=str(exc)))
-            await self._undo(sb)
-            raise
+        await self.life.attempt(sb.id, lambda: self._make(sb), lambda exc: self._failed(sb, exc))
         log.info(
             "pod sandbox ready",
             extra=fields(id=sb.id, name=sb.name, ips=sb.ips, seconds=round(time.monotonic() - started, 4)),
         )
         return sb.id
+
+    async def _make(self, sb: Sandbox) -> None:
+        await self._setup(sb, sb.config, _ns_options(sb.config))
+        self.store.update(sb, state=State.READY)
+        faults.step("RunPodSandbox.ready_recorded")
+        self.events.publish(Kind.CREATED, sb)
+        self.events.publish(Kind.STARTED, sb)
+
+    async def _failed(self, sb: Sandbox, exc: BaseException) -> None:
+        log.info("pod sandbox failed, undoing", extra=fields(id=sb.id, name=sb.name, error=str(exc)))
+        await self._undo(sb)
 
     async def _undo(self, sb: Sandbox) -> None:
         """Undo a pod that could not be made. If that fails too, the record stays
@@ -246,8 +192,7 @@ class Pods:
             await self._release(sb, final=True)
         except Exception as exc:
             log.warning("pod sandbox undo incomplete; kept for removal", extra=fields(id=sb.id, error=str(exc)))
-            sb.state = State.NOTREADY
-            self.store.save(sb)
+            self.store.update(sb, state=State.NOTREADY)
             return
         self.store.delete(sb)
 
@@ -257,23 +202,22 @@ class Pods:
         os.makedirs(state, mode=0o711, exist_ok=True)
         hostnet = opts.network == pb.NODE
         if config.linux.cgroup_parent:
-            sb.cgroups = cgroups.planned(config.linux.cgroup_parent, self._cgroups_in_use(sb))
-            self.store.save(sb)  # before making them, as the namespaces below: recovery removes them if we die midway
+            # recorded before they are made, as the namespaces below: recovery removes them if we die midway
+            self.store.update(sb, cgroups=cgroups.planned(config.linux.cgroup_parent, self._cgroups_in_use(sb)))
             faults.step("RunPodSandbox.cgroups_planned")
-            sb.cgroups = await asyncio.to_thread(cgroups.ensure, config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            made = await asyncio.to_thread(cgroups.ensure, config.linux.cgroup_parent, self._cgroups_in_use(sb))
             faults.step("RunPodSandbox.cgroups_made")
-            self.store.save(sb)
+            self.store.update(sb, cgroups=made)
             faults.step("RunPodSandbox.cgroups_recorded")
         kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
         hostname = pod_hostname(config)
-        sb.namespaces = {k: os.path.join(state, k) for k in kinds}
-        self.store.save(sb)  # before creating: recovery unmounts these paths if we die midway
+        # before creating: recovery unmounts these paths if we die midway
+        self.store.update(sb, namespaces={k: os.path.join(state, k) for k in kinds})
         faults.step("RunPodSandbox.namespaces_recorded")
         await self._ns(namespaces.create, state, kinds, hostname)
         faults.step("RunPodSandbox.namespaces_made")
         if opts.ipc != pb.NODE:
-            sb.shm = os.path.join(state, "shm")
-            self.store.save(sb)
+            self.store.update(sb, shm=os.path.join(state, "shm"))
             faults.step("RunPodSandbox.shm_recorded")
             podfiles.mount_shm(sb.shm)
             faults.step("RunPodSandbox.shm_mounted")
@@ -295,13 +239,11 @@ class Pods:
     async def _setup_network(self, sb: Sandbox, hostnet: bool) -> None:
         if hostnet:
             return
-        sb.network_added = True
-        self.store.save(sb)
+        self.store.update(sb, network_added=True)
         faults.step("RunPodSandbox.network_recorded")
         result = await self.cni.setup(self._pod_network(sb))
         faults.step("RunPodSandbox.cni_result_cached")
-        sb.ips = list(result.ips)
-        self.store.save(sb)
+        self.store.update(sb, ips=list(result.ips))
         faults.step("RunPodSandbox.ips_recorded")
 
     async def _start_infra(self, sb: Sandbox, opts: pb.NamespaceOption) -> None:
@@ -311,14 +253,12 @@ class Pods:
         rootfs = infra.ensure_rootfs(self.config.root_dir)
         cg = sb.config.linux.cgroup_parent.rstrip("/")
         cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
-        sb.infra_pid = -1  # marks "infra may exist" for recovery
-        self.store.save(sb)
+        self.store.update(sb, infra_pid=-1)  # marks "infra may exist" for recovery
         faults.step("RunPodSandbox.infra_recorded")
         bundle = os.path.join(self.state_dir(sb), "infra")
         pid = await infra.start(runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path)
         faults.step("RunPodSandbox.infra_started")
-        sb.infra_pid, sb.infra_start = pid, procs.start_time(pid)
-        self.store.save(sb)
+        self.store.update(sb, infra_pid=pid, infra_start=procs.start_time(pid))
         faults.step("RunPodSandbox.infra_pid_recorded")
 
     def _pod_network(self, sb: Sandbox) -> PodNetwork:
@@ -351,7 +291,7 @@ class Pods:
 
         Every step runs even when an earlier one fails (a half-made pod has
         half of everything); the first error is raised at the end."""
-        steps = _Steps(sb)
+        steps = Steps(sb.id, "pod teardown step failed", log)
         await steps.run("stop containers", self.stop_containers(sb))
         if sb.infra_pid:
             stop_infra = infra.stop(self.handlers.runtime(sb.handler), infra.infra_id(sb.id))
@@ -374,7 +314,7 @@ class Pods:
 
     async def _release(self, sb: Sandbox, final: bool) -> None:
         """Undo everything of a pod (``final``: also its files and cgroups)."""
-        steps = _Steps(sb)
+        steps = Steps(sb.id, "pod teardown step failed", log)
         await steps.run("stop", self._stop_pod(sb))
         if final:
             await steps.run("remove containers", self.remove_containers(sb))
@@ -394,16 +334,13 @@ class Pods:
         sb = self.store.find(sandbox_id)
         if sb is None:
             return
-        task = self._tasks.get(sb.name)
-        if task is not None:  # still being created: let that finish (or fail) first
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-        async with self._lock(sb.id):
+        await self.life.settle(sb.name)  # still being created: let that finish (or fail) first
+        async with self.life.locks.hold(sb.id):
             if sb.id not in self.store.by_id:
                 return
             ready = sb.state == State.READY
-            sb.state = State.NOTREADY  # recorded first: a stop cut short (a crash, a failed step) is not ready
-            self.store.save(sb)
+            # recorded first: a stop cut short (a crash, a failed step) is not ready
+            self.store.update(sb, state=State.NOTREADY)
             faults.step("StopPodSandbox.notready_recorded")
             try:
                 await self._stop_pod(sb)
@@ -419,11 +356,8 @@ class Pods:
         sb = self.store.find(sandbox_id)
         if sb is None:
             return
-        task = self._tasks.get(sb.name)
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-        async with self._lock(sb.id):
+        await self.life.settle(sb.name)
+        async with self.life.locks.hold(sb.id):
             if sb.id not in self.store.by_id:
                 return
             await self._release(sb, final=True)
@@ -433,7 +367,6 @@ class Pods:
             self.store.delete(sb)
             self.events.publish(Kind.DELETED, sb)
             faults.step("RemovePodSandbox.record_deleted")
-        self._locks.pop(sb.id, None)
         log.info("pod sandbox removed", extra=fields(id=sb.id, name=sb.name))
 
     # --- reads -------------------------------------------------------------------------
@@ -473,7 +406,7 @@ class Pods:
     async def drain(self, seconds: float) -> None:
         """At shutdown: let RunPodSandbox work in flight finish (or undo itself)
         before the store closes."""
-        await drain_tasks(list(self._tasks.values()), seconds)
+        await self.life.drain(seconds)
 
     async def recover(self) -> None:
         """After a restart: undo half-made pods; pods whose namespaces vanished
@@ -486,8 +419,7 @@ class Pods:
                 log.info("pod sandbox lost its namespaces; marking it not ready", extra=fields(id=sb.id))
                 with contextlib.suppress(Exception):
                     await self._stop_pod(sb)
-                sb.state = State.NOTREADY
-                self.store.save(sb)
+                self.store.update(sb, state=State.NOTREADY)
                 self.events.publish(Kind.STOPPED, sb)
         # networks cached for pods crid has no record of (a record lost with a failed undo): release them
         for pod_id in set(await self.cni.cached_pods()) - set(self.store.by_id):
