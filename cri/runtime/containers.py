@@ -77,9 +77,6 @@ class Containers:
         self._min_oom = _own_oom_score_adj()
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
         self.trash = Trash(config.root_dir, config.state_dir)
-        pods.stop_containers = self._stop_all
-        pods.remove_containers = self._remove_all
-        images.snapshots_in_use = self._chains_in_use
 
     # --- paths and helpers -------------------------------------------------------
 
@@ -97,7 +94,8 @@ class Containers:
     def _event(self, cid: str) -> asyncio.Event:
         return self._exited.setdefault(cid, asyncio.Event())
 
-    def _chains_in_use(self) -> set[str]:
+    def chains_in_use(self) -> set[str]:
+        """The snapshots containers use (what image GC keeps)."""
         return {chain for c in self.store.by_id.values() for chain in c.chain_ids}
 
     # --- CreateContainer -----------------------------------------------------------
@@ -385,11 +383,13 @@ class Containers:
         must not lose its namespaces under a container being created)."""
         await self.life.settle_all(c.name for c in self.store.of_sandbox(sb.id))
 
-    async def _stop_all(self, sb: Sandbox) -> None:
+    async def stop_all(self, sb: Sandbox) -> None:
+        """Stop every container of a pod (StopPodSandbox)."""
         await self._settle_creates(sb)
         await asyncio.gather(*(self.stop(c.id, 0) for c in self.store.of_sandbox(sb.id)))
 
-    async def _remove_all(self, sb: Sandbox) -> None:
+    async def remove_all(self, sb: Sandbox) -> None:
+        """Remove every container of a pod (RemovePodSandbox)."""
         await self._settle_creates(sb)
         await asyncio.gather(*(self.remove(c.id) for c in self.store.of_sandbox(sb.id)))
 

@@ -120,7 +120,7 @@ class Pods:
         self.events = events if events is not None else EventBus()
         self.store = SandboxStore(store)
         self.life = Lifecycle(self.store)
-        # installed by the containers layer: stop / remove every container of a pod
+        # stop / remove every container of a pod: the daemon wires in Containers.stop_all / remove_all
         self.stop_containers: ContainerHook = _no_containers
         self.remove_containers: ContainerHook = _no_containers
 

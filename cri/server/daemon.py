@@ -50,6 +50,14 @@ def _watch_children_by_pidfd() -> None:
     asyncio.set_child_watcher(watcher)
 
 
+def wire(pods: Pods, images: Images, containers: Containers) -> None:
+    """The calls a lower layer makes into containers: a pod's stop and removal take its
+    containers with them, and image GC keeps the snapshots containers use."""
+    pods.stop_containers = containers.stop_all
+    pods.remove_containers = containers.remove_all
+    images.snapshots_in_use = containers.chains_in_use
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -104,6 +112,7 @@ class Daemon:
         handlers = Handlers(cfg)
         pods = Pods(cfg, store, cni, handlers, self.events)
         containers = Containers(cfg, store, pods, images, handlers, self.events)
+        wire(pods, images, containers)
         STATE.attach(cfg, self.gate, pods, containers)
         try:
             return await self._serve(images, pods, containers)
