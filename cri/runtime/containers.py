@@ -2,9 +2,8 @@
 
 Every container runs under its own conmon (see monitor.py); crid talks to
 the OCI runtime only through short commands, so a crid restart never touches
-a running container. Exits arrive through the exit watcher (inotify); a
-container that exits while crid is down is found by its exit file at
-startup, with the file's time as the finish time.
+a running container. Exits are recorded by container_exits.py; ExecSync is
+exec_sync.py, Exec exec_session.py, usage sampling stats.py.
 """
 
 import asyncio
@@ -15,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import KeysView
 
 from cri import faults
 from cri.api.v1 import api_pb2 as pb
@@ -22,22 +22,23 @@ from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import monitor, podfiles, procs
+from cri.runtime import monitor
 from cri.runtime.attach import attach as attach_stdio
-from cri.runtime.container_metrics import count_exit
+from cri.runtime.container_exits import Exits, exited, wait_for_file
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.events import EventBus, Kind
 from cri.runtime.exec_session import run_exec
 from cri.runtime.exec_sync import ExecResult, exec_sync
-from cri.runtime.exits import ExitWatcher
 from cri.runtime.handlers import Handlers
 from cri.runtime.lifecycle import Lifecycle
-from cri.runtime.pods import Pods, pod_hostname
+from cri.runtime.pod_config import pod_hostname
+from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
-from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
-from cri.runtime.stats import Usage, read_usage
+from cri.runtime.spec import SpecInputs, signal_number, stop_signal, update_resources
+from cri.runtime.stats import Usage, UsageSampler
 from cri.runtime.stdio import Stdio
+from cri.runtime.system import System
 from cri.runtime.trash import Trash
 from cri.store import Store
 
@@ -45,14 +46,6 @@ log = logging.getLogger(__name__)
 
 KILL_WAIT = 10.0  # after SIGKILL, how long an exit may take before crid gives up waiting
 REOPEN_WAIT = 2.0  # how long conmon may take to reopen a log file
-
-
-def _own_oom_score_adj() -> int:
-    try:
-        with open("/proc/self/oom_score_adj") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return 0
 
 
 class Containers:
@@ -64,18 +57,23 @@ class Containers:
         images: Images,
         handlers: Handlers,
         events: EventBus | None = None,
+        system: System | None = None,
     ) -> None:
         self.config = config
         self.events = events if events is not None else EventBus()
         self.handlers = handlers
         self.pods = pods
         self.images = images
+        self.system = system if system is not None else System()
         self.store = ContainerStore(store)
-        self.exits = ExitWatcher(os.path.join(config.state_dir, "exits"), self._on_exit, self._rescan_exits)
         self.life = Lifecycle(self.store)
-        self._exited: dict[str, asyncio.Event] = {}
-        self._min_oom = _own_oom_score_adj()
-        self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
+        self.exits = Exits(
+            os.path.join(config.state_dir, "exits"), self.store, self.events, self.system, handlers.runtime,
+            pod_of=pods.store.by_id.get, starting=self.life.locks.locked, oom_killed=self._oom_killed,
+        )  # fmt: skip
+        self._min_oom = self.system.oom_score_adj()
+        self.kill_wait = KILL_WAIT
+        self.usage = UsageSampler()
         self.trash = Trash(config.root_dir, config.state_dir)
 
     # --- paths and helpers -------------------------------------------------------
@@ -90,9 +88,6 @@ class Containers:
         """Where conmon puts the container's attach socket: its --socket-dir-path/<id>,
         a symlink conmon makes to the bundle dir (keeps the socket path short)."""
         return os.path.join(self.config.state_dir, "attach", cid)
-
-    def _event(self, cid: str) -> asyncio.Event:
-        return self._exited.setdefault(cid, asyncio.Event())
 
     def chains_in_use(self) -> set[str]:
         """The snapshots containers use (what image GC keeps)."""
@@ -162,7 +157,7 @@ class Containers:
             await self._cleanup(c)
         except Exception as undo:  # keep the record so RemoveContainer can finish the job (undo's error is raised)
             log.warning("container undo incomplete; kept for removal", extra=fields(id=c.id, error=str(undo)))
-            self._record_exit(c, 255, time.time_ns(), f"create failed: {exc}")
+            self.exits.record(c, 255, time.time_ns(), f"create failed: {exc}")
             self.store.update(c, reason="CreateFailed")
             raise
         self.store.delete(c)
@@ -188,14 +183,14 @@ class Containers:
         pid_ns = ""
         cpid = c.config.linux.security_context.namespace_options
         if cpid.pid == pb.POD and sb.infra_pid > 0:
-            if not procs.same_process(sb.infra_pid, sb.infra_start):
+            if not self.system.same_process(sb.infra_pid, sb.infra_start):
                 raise FailedPrecondition(
                     f"the infra process of pod {sb.id} is gone: its PID namespace cannot be joined"
                 )
             pid_ns = f"/proc/{sb.infra_pid}/ns/pid"
         elif cpid.pid == pb.TARGET:
             target = self.store.find(cpid.target_id)
-            if target is None or not procs.same_process(target.pid, target.pid_start):
+            if target is None or not self.system.same_process(target.pid, target.pid_start):
                 raise NotFound(f"target container {cpid.target_id!r} for the PID namespace is not running")
             pid_ns = f"/proc/{target.pid}/ns/pid"
         cg = sb.config.linux.cgroup_parent.rstrip("/")
@@ -218,7 +213,7 @@ class Containers:
             image_name=c.image_name,
             rro_supported=self.handlers.supports_rro(c.handler),
         )
-        spec = await asyncio.to_thread(build_spec, inputs)
+        spec = await asyncio.to_thread(self.system.build_spec, inputs)
         c.stop_signal = stop_signal(image_config, c.config.stop_signal)
         user = spec.get("process", {}).get("user", {})
         c.uid, c.gid, c.groups = user.get("uid", 0), user.get("gid", 0), list(user.get("additionalGids", []))
@@ -230,7 +225,7 @@ class Containers:
                 container_id=c.id,
                 bundle=bundle,
                 log_path=c.log_path,
-                exit_dir=self.exits.directory,
+                exit_dir=self.exits.watcher.directory,
                 persist_dir=os.path.join(persist, "monitor"),
                 socket_dir=os.path.join(self.config.state_dir, "attach"),
                 tty=c.config.tty,
@@ -238,10 +233,10 @@ class Containers:
                 stdin_once=c.config.stdin_once,
             ),
         )
-        c.pid_start = procs.start_time(c.pid)
+        c.pid_start = self.system.start_time(c.pid)
         faults.step("CreateContainer.runtime_created")
 
-    # --- start, exit --------------------------------------------------------------------
+    # --- start --------------------------------------------------------------------
 
     async def start(self, cid: str) -> None:
         c = self.store.get(cid)
@@ -252,7 +247,7 @@ class Containers:
             async with self.life.locks.hold(c.id):
                 if c.state != State.CREATED:
                     raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
-                self._event(c.id)
+                self.exits.event(c.id)
                 started = time.time_ns()
                 await self.handlers.runtime(c.handler).start(c.id)
                 faults.step("StartContainer.started")
@@ -260,49 +255,11 @@ class Containers:
                 faults.step("StartContainer.running_recorded")
                 self.events.publish(Kind.STARTED, sb, c.id)
         finally:
-            self._on_exit(c.id)  # it may have exited already, while `runtime start` ran (see _on_exit)
-
-    def _on_exit(self, cid: str) -> None:
-        c = self.store.by_id.get(cid)
-        if c is None or c.state not in (State.RUNNING, State.CREATED):
-            return
-        if c.state == State.CREATED and self.life.locks.locked(cid):
-            return  # being started: start() looks when done, so the exit is never recorded before the start
-        found = self.exits.exit_code(cid)
-        if found is None:
-            return
-        code, when = found
-        self._record_exit(c, code, when)
-
-    def _rescan_exits(self) -> None:
-        log.warning("exit events were lost (inotify queue overflow); checking every container")
-        for cid in list(self.store.by_id):
-            self._on_exit(cid)
+            self.exits.on_exit(c.id)  # it may have exited already, while `runtime start` ran (see Exits.on_exit)
 
     def _oom_killed(self, c: Container) -> bool:
         candidates = (os.path.join(self.persist(c.id), "monitor", "oom"), os.path.join(self.bundle(c.id), "oom"))
         return any(os.path.exists(p) for p in candidates)
-
-    def _record_exit(self, c: Container, code: int, when: int, message: str = "") -> None:
-        # OOMKilled: the exit code stays the process's own, as containerd reports it
-        reason = "OOMKilled" if self._oom_killed(c) else "Completed" if code == 0 else "Error"
-        self.store.update(
-            c, state=State.EXITED, message=message, exit_code=code, finished_at=max(when, c.started_at), reason=reason
-        )
-        faults.step("StopContainer.exit_recorded")
-        self._event(c.id).set()
-        self.events.publish(Kind.STOPPED, self.pods.store.by_id.get(c.sandbox_id), c.id)
-        log.info("container exited", extra=fields(id=c.id, name=c.name, code=c.exit_code, reason=c.reason))
-        count_exit(c.reason)
-
-    async def _wait_exit(self, c: Container, seconds: float) -> bool:
-        if c.state == State.EXITED:
-            return True
-        try:
-            await asyncio.wait_for(self._event(c.id).wait(), seconds)
-        except TimeoutError:
-            self._on_exit(c.id)
-        return _exited(c)  # the exit event (or the check above) may have changed the state
 
     # --- stop, remove ----------------------------------------------------------------------
 
@@ -317,27 +274,27 @@ class Containers:
                 with contextlib.suppress(FailedPrecondition):
                     await runtime.kill(c.id, str(signal_number(c.stop_signal)))  # runc knows no RT signal names
                 faults.step("StopContainer.signalled")
-                if await self._wait_exit(c, timeout):
+                if await self.exits.wait(c, timeout):
                     return
             with contextlib.suppress(FailedPrecondition):
                 await runtime.kill(c.id, "KILL")
             faults.step("StopContainer.killed")
         except NotFound:
             # the runtime does not know it (its state is gone, e.g. after a reboot): nothing left to stop
-            self._on_exit(c.id)
-            if not _exited(c):
-                self._record_exit(c, 255, time.time_ns(), "the OCI runtime no longer knows this container")
+            self.exits.on_exit(c.id)
+            if not exited(c):
+                self.exits.record(c, 255, time.time_ns(), "the OCI runtime no longer knows this container")
             return
-        if await self._wait_exit(c, KILL_WAIT):
+        if await self.exits.wait(c, self.kill_wait):
             return
         # the runtime did not deliver: kill the process ourselves if it is still the one we started
-        if procs.same_process(c.pid, c.pid_start):
+        if self.system.same_process(c.pid, c.pid_start):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(c.pid, signal.SIGKILL)
-            if await self._wait_exit(c, KILL_WAIT):
+                self.system.kill(c.pid, signal.SIGKILL)
+            if await self.exits.wait(c, self.kill_wait):
                 return
         log.error("container did not report an exit after SIGKILL; marking it exited", extra=fields(id=c.id))
-        self._record_exit(c, 137, time.time_ns(), "the container did not report an exit after SIGKILL")
+        self.exits.record(c, 137, time.time_ns(), "the container did not report an exit after SIGKILL")
 
     async def _cleanup(self, c: Container) -> None:
         """Undo everything of a container on the system (not its record)."""
@@ -345,18 +302,18 @@ class Containers:
         with contextlib.suppress(NotFound, FailedPrecondition):
             await runtime.delete(c.id)
         faults.step("RemoveContainer.runtime_deleted")
-        conmon = monitor.conmon_pid(self.bundle(c.id))
-        if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
+        conmon = self.system.live_monitor(self.bundle(c.id))
+        if conmon:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(conmon, signal.SIGKILL)
+                self.system.kill(conmon, signal.SIGKILL)
         if c.rootfs_mounted:
-            podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
+            self.system.unmount(os.path.join(self.bundle(c.id), "rootfs"))
             c.rootfs_mounted = False
             faults.step("RemoveContainer.rootfs_unmounted")
         await self.trash.discard(self.bundle(c.id), self.persist(c.id))  # renamed now, deleted in the background
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.attach_dir(c.id))  # conmon's symlink to the bundle (rmtree refuses links)
-        self.exits.forget(c.id)
+        self.exits.watcher.forget(c.id)
 
     async def remove(self, cid: str) -> None:
         """RemoveContainer: kills a running container first; idempotent."""
@@ -373,8 +330,8 @@ class Containers:
             self.store.delete(c)
             self.events.publish(Kind.DELETED, self.pods.store.by_id.get(c.sandbox_id), c.id)
             faults.step("RemoveContainer.record_deleted")
-        self._exited.pop(c.id, None)
-        self._cpu_samples.pop(c.id, None)
+        self.exits.forget(c.id)
+        self.usage.forget(c.id)
         await self.images.gc()  # its layers may belong to an image removed meanwhile
         log.info("container removed", extra=fields(id=c.id, name=c.name))
 
@@ -428,7 +385,7 @@ class Containers:
             return
         monitor.reopen_log(self.bundle(c.id))
         # conmon reopens asynchronously; answer once the new file exists, as kubelet then reads it
-        await asyncio.to_thread(_wait_for_file, c.log_path, REOPEN_WAIT)
+        await asyncio.to_thread(wait_for_file, c.log_path, REOPEN_WAIT)
 
     async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:
         c = self.store.get(cid)
@@ -443,22 +400,17 @@ class Containers:
 
     async def stats(self, containers: list[Container]) -> list[tuple[Container, Usage, int | None]]:
         """Usage of each container, with CPU use in nanocores since the last sample."""
-
-        def read_all() -> list[Usage]:
-            return [read_usage(c.cgroups_path, os.path.join(self.persist(c.id), "upper")) for c in containers]
-
-        out = []
-        for c, usage in zip(containers, await asyncio.to_thread(read_all), strict=True):
-            nano_cores = None
-            previous = self._cpu_samples.get(c.id)
-            if usage.cpu_ns is not None:
-                if previous is not None and usage.timestamp > previous[0]:
-                    nano_cores = max(usage.cpu_ns - previous[1], 0) * 10**9 // (usage.timestamp - previous[0])
-                self._cpu_samples[c.id] = (usage.timestamp, usage.cpu_ns)
-            out.append((c, usage, nano_cores))
-        return out
+        return await self.usage.sample(containers, lambda c: os.path.join(self.persist(c.id), "upper"))
 
     # --- reads ---------------------------------------------------------------------------
+
+    def ids(self) -> KeysView[str]:
+        """The ids of every container record, a live view (what the server's list caches keep)."""
+        return self.store.by_id.keys()
+
+    def records(self) -> list[Container]:
+        """Every container record, copied in one step (the metrics scrape runs in another thread)."""
+        return list(self.store.by_id.values())
 
     def get(self, cid: str) -> Container:
         return self.store.get(cid)
@@ -497,11 +449,11 @@ class Containers:
 
     def close(self) -> None:
         """At shutdown, after drain: stop watching for exits (conmon keeps recording them)."""
-        self.exits.close()
+        self.exits.watcher.close()
 
     async def recover(self) -> None:
         """After a restart: exits that happened meanwhile, half-made containers."""
-        self.exits.start()
+        self.exits.watcher.start()
         for c in list(self.store.by_id.values()):
             if c.state == State.CREATING:
                 try:
@@ -510,47 +462,11 @@ class Containers:
                     log.warning(
                         "half-made container not cleaned up; kept for removal", extra=fields(id=c.id, error=str(exc))
                     )
-                    self._record_exit(c, 255, time.time_ns(), "crid stopped while creating it")
+                    self.exits.record(c, 255, time.time_ns(), "crid stopped while creating it")
                     continue
                 self.store.delete(c)
             elif c.state in (State.CREATED, State.RUNNING):
-                await self._reconcile(c)
-
-    async def _reconcile(self, c: Container) -> None:
-        """Bring a created/running record in line with what is really there."""
-        found = self.exits.exit_code(c.id)
-        if found is not None:
-            self._record_exit(c, *found)
-            return
-        if c.state == State.RUNNING and procs.same_process(c.pid, c.pid_start):
-            return  # still running: no `runtime state` (a process each) per container at startup
-        state = await self.handlers.runtime(c.handler).state(c.id)
-        status = state.get("status") if state else None
-        if status in ("running", "created") and procs.same_process(c.pid, c.pid_start):
-            if status == "running" and c.state == State.CREATED:  # crid died right after `runtime start`
-                self.store.update(c, state=State.RUNNING, started_at=c.started_at or time.time_ns())
-            return
-        conmon = monitor.conmon_pid(self.bundle(c.id))
-        if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
-            # the process is gone but its monitor is not: it is about to write the exit file,
-            # which the exit watcher (started before recovery) records with the real code
-            await asyncio.to_thread(_wait_for_file, os.path.join(self.exits.directory, c.id), KILL_WAIT)
-            self._on_exit(c.id)
-            if c.state == State.EXITED:
-                return
-        # no exit file and no such process: the monitor went with it (a reboot, or it was killed)
-        self._record_exit(c, 255, time.time_ns())
-        self.store.update(c, reason="Unknown", message="the container's process and monitor are gone")
-
-
-def _wait_for_file(path: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
-def _exited(c: Container) -> bool:
-    return c.state == State.EXITED
+                await self.exits.reconcile(c, self.bundle(c.id))
 
 
 def _write_json(path: str, doc: object) -> None:

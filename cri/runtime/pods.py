@@ -13,31 +13,35 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
-import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, KeysView
+from typing import Any
 
 from cri import faults
 from cri.api.v1 import api_pb2 as pb
-from cri.cni import CniManager, PodNetwork, PortMapping
+from cri.cni import CniManager
+from cri.conditions import Condition
 from cri.config import Config
-from cri.errors import FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import FailedPrecondition, NotFound
 from cri.log import fields
-from cri.runtime import cgroups, infra, namespaces, podfiles, procs
+from cri.runtime import infra, namespaces, pod_resources, podfiles
 from cri.runtime.events import EventBus, Kind
 from cri.runtime.handlers import Handlers
 from cri.runtime.lifecycle import Lifecycle, Steps
+from cri.runtime.pod_config import bandwidth as bandwidth
+from cri.runtime.pod_config import host_network as host_network
+from cri.runtime.pod_config import ns_options, pod_network
+from cri.runtime.pod_config import pod_hostname as pod_hostname
+from cri.runtime.pod_config import reserved_name as reserved_name
+from cri.runtime.pod_config import validate as validate
 from cri.runtime.portforward import forward
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
 from cri.runtime.stdio import Duplex
+from cri.runtime.system import System
 from cri.store import Store
 
 log = logging.getLogger(__name__)
-
-HOST_NAME_MAX = 64
-_PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 
 ContainerHook = Callable[[Sandbox], Awaitable[None]]
 
@@ -46,77 +50,20 @@ async def _no_containers(sb: Sandbox) -> None:
     return None
 
 
-def reserved_name(meta: pb.PodSandboxMetadata) -> str:
-    return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
-
-
-def _ns_options(config: pb.PodSandboxConfig) -> pb.NamespaceOption:
-    return config.linux.security_context.namespace_options
-
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}  # fmt: skip
-# the bandwidth plugin's burst when kubelet gives only a rate (what containerd and CRI-O pass)
-_BURST = 2**31 - 1
-
-
-def bandwidth(annotations: Mapping[str, str]) -> dict[str, int] | None:
-    """The CNI ``bandwidth`` runtimeConfig from kubelet's pod annotations
-    ``kubernetes.io/ingress-bandwidth`` and ``kubernetes.io/egress-bandwidth``
-    (Kubernetes quantities, bits per second)."""
-    out: dict[str, int] = {}
-    for direction in ("ingress", "egress"):
-        text = annotations.get(f"kubernetes.io/{direction}-bandwidth")
-        if not text:
-            continue
-        m = _QUANTITY.match(text.strip())
-        if not m:
-            raise InvalidArgument(f"annotation kubernetes.io/{direction}-bandwidth: {text!r} is not a quantity")
-        out[f"{direction}Rate"] = int(float(m.group(1)) * _SUFFIX[m.group(2) or ""])
-        out[f"{direction}Burst"] = _BURST
-    return out or None
-
-
-def pod_hostname(config: pb.PodSandboxConfig) -> str:
-    """The pod's hostname; the node's when the config has none, as containerd does."""
-    return config.hostname or socket.gethostname()
-
-
-def host_network(config: pb.PodSandboxConfig) -> bool:
-    return _ns_options(config).network == pb.NODE
-
-
-def validate(config: pb.PodSandboxConfig) -> None:
-    meta = config.metadata
-    missing = [f for f in ("name", "uid", "namespace") if not getattr(meta, f)]
-    if missing:
-        raise InvalidArgument(f"pod sandbox metadata lacks {', '.join(missing)}")
-    bandwidth(config.annotations)
-    if len(config.hostname.encode()) > HOST_NAME_MAX:
-        raise InvalidArgument(f"hostname {config.hostname!r} is longer than {HOST_NAME_MAX} bytes")
-    opts = _ns_options(config)
-    if opts.network not in (pb.POD, pb.NODE):
-        raise InvalidArgument("pod network namespace must be POD or NODE")
-    if opts.pid not in (pb.POD, pb.CONTAINER, pb.NODE):
-        raise InvalidArgument("pod PID namespace must be POD, CONTAINER or NODE")
-    own = {"uts", "net"} if opts.network != pb.NODE else set()
-    if opts.ipc != pb.NODE:
-        own.add("ipc")
-    for key in config.linux.sysctls:
-        ns = namespaces.sysctl_namespace(key)
-        if ns not in own:
-            raise InvalidArgument(f"sysctl {key!r} needs the pod's own {ns} namespace, but the pod uses the host's")
-        namespaces.sysctl_path(key)
-
-
 class Pods:
     def __init__(
-        self, config: Config, store: Store, cni: CniManager, handlers: Handlers, events: EventBus | None = None
+        self,
+        config: Config,
+        store: Store,
+        cni: CniManager,
+        handlers: Handlers,
+        events: EventBus | None = None,
+        system: System | None = None,
     ) -> None:
         self.config = config
         self.cni = cni
         self.handlers = handlers
+        self.system = system if system is not None else System()
         self.events = events if events is not None else EventBus()
         self.store = SandboxStore(store)
         self.life = Lifecycle(self.store)
@@ -175,7 +122,7 @@ class Pods:
         return sb.id
 
     async def _make(self, sb: Sandbox) -> None:
-        await self._setup(sb, sb.config, _ns_options(sb.config))
+        await self._setup(sb, sb.config, ns_options(sb.config))
         self.store.update(sb, state=State.READY)
         faults.step("RunPodSandbox.ready_recorded")
         self.events.publish(Kind.CREATED, sb)
@@ -203,9 +150,11 @@ class Pods:
         hostnet = opts.network == pb.NODE
         if config.linux.cgroup_parent:
             # recorded before they are made, as the namespaces below: recovery removes them if we die midway
-            self.store.update(sb, cgroups=cgroups.planned(config.linux.cgroup_parent, self._cgroups_in_use(sb)))
+            planned = self.system.plan_cgroups(config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            self.store.update(sb, cgroups=planned)
             faults.step("RunPodSandbox.cgroups_planned")
-            made = await asyncio.to_thread(cgroups.ensure, config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            in_use = self._cgroups_in_use(sb)
+            made = await asyncio.to_thread(self.system.ensure_cgroups, config.linux.cgroup_parent, in_use)
             faults.step("RunPodSandbox.cgroups_made")
             self.store.update(sb, cgroups=made)
             faults.step("RunPodSandbox.cgroups_recorded")
@@ -214,12 +163,12 @@ class Pods:
         # before creating: recovery unmounts these paths if we die midway
         self.store.update(sb, namespaces={k: os.path.join(state, k) for k in kinds})
         faults.step("RunPodSandbox.namespaces_recorded")
-        await self._ns(namespaces.create, state, kinds, hostname)
+        await self._ns(self.system.create_namespaces, state, kinds, hostname)
         faults.step("RunPodSandbox.namespaces_made")
         if opts.ipc != pb.NODE:
             self.store.update(sb, shm=os.path.join(state, "shm"))
             faults.step("RunPodSandbox.shm_recorded")
-            podfiles.mount_shm(sb.shm)
+            self.system.mount_shm(sb.shm)
             faults.step("RunPodSandbox.shm_mounted")
         # the network and the infra process only share the pinned namespaces: set them up side by side
         results = await asyncio.gather(
@@ -229,19 +178,19 @@ class Pods:
             if isinstance(result, BaseException):
                 raise result
         if config.linux.sysctls:  # after CNI: per-interface keys need eth0
-            await self._ns(namespaces.apply_sysctls, sb.namespaces, dict(config.linux.sysctls))
+            await self._ns(self.system.apply_sysctls, sb.namespaces, dict(config.linux.sysctls))
         dns = None
         if config.HasField("dns_config"):
             d = config.dns_config
             dns = podfiles.DnsConfig(tuple(d.servers), tuple(d.searches), tuple(d.options))
-        await asyncio.to_thread(podfiles.write_pod_files, files, hostname, sb.ips, dns, hostnet)
+        await asyncio.to_thread(self.system.write_pod_files, files, hostname, sb.ips, dns, hostnet)
 
     async def _setup_network(self, sb: Sandbox, hostnet: bool) -> None:
         if hostnet:
             return
         self.store.update(sb, network_added=True)
         faults.step("RunPodSandbox.network_recorded")
-        result = await self.cni.setup(self._pod_network(sb))
+        result = await self.cni.setup(pod_network(sb))
         faults.step("RunPodSandbox.cni_result_cached")
         self.store.update(sb, ips=list(result.ips))
         faults.step("RunPodSandbox.ips_recorded")
@@ -250,7 +199,7 @@ class Pods:
         if opts.pid != pb.POD:
             return
         runtime = self.handlers.runtime(sb.handler)
-        rootfs = infra.ensure_rootfs(self.config.root_dir)
+        rootfs = self.system.infra_rootfs(self.config.root_dir)
         cg = sb.config.linux.cgroup_parent.rstrip("/")
         cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
         self.store.update(sb, infra_pid=-1)  # marks "infra may exist" for recovery
@@ -258,31 +207,8 @@ class Pods:
         bundle = os.path.join(self.state_dir(sb), "infra")
         pid = await infra.start(runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path)
         faults.step("RunPodSandbox.infra_started")
-        self.store.update(sb, infra_pid=pid, infra_start=procs.start_time(pid))
+        self.store.update(sb, infra_pid=pid, infra_start=self.system.start_time(pid))
         faults.step("RunPodSandbox.infra_pid_recorded")
-
-    def _pod_network(self, sb: Sandbox) -> PodNetwork:
-        meta = sb.config.metadata
-        ports = tuple(
-            PortMapping(_PROTOCOLS.get(p.protocol, "tcp"), p.container_port, p.host_port, p.host_ip)
-            for p in sb.config.port_mappings
-            if p.host_port > 0
-        )
-        dns = None
-        if sb.config.HasField("dns_config"):
-            d = sb.config.dns_config
-            dns = {"servers": list(d.servers), "searches": list(d.searches), "options": list(d.options)}
-        return PodNetwork(
-            id=sb.id,
-            netns=sb.namespaces["net"],
-            name=meta.name,
-            namespace=meta.namespace,
-            uid=meta.uid,
-            port_mappings=ports,
-            bandwidth=bandwidth(sb.config.annotations),
-            dns=dns,
-            cgroup_path=sb.config.linux.cgroup_parent,
-        )
 
     # --- teardown -------------------------------------------------------------------
 
@@ -300,14 +226,15 @@ class Pods:
                 faults.step("StopPodSandbox.infra_deleted")
         if sb.network_added:
             netns = sb.namespaces.get("net")
-            teardown = self.cni.teardown(sb.id, netns if netns and namespaces.is_pinned(netns) else None)
+            teardown = self.cni.teardown(sb.id, netns if netns and self.system.is_pinned(netns) else None)
             if await steps.run("CNI DEL", teardown):
                 sb.network_added = False
                 faults.step("StopPodSandbox.network_removed")
-        if "net" in sb.namespaces and await steps.run("netns", self._ns(namespaces.remove, [sb.namespaces["net"]])):
+        remove_netns = self.system.remove_namespaces
+        if "net" in sb.namespaces and await steps.run("netns", self._ns(remove_netns, [sb.namespaces["net"]])):
             sb.namespaces.pop("net")
             faults.step("StopPodSandbox.netns_removed")
-        if sb.shm and steps.call("/dev/shm", podfiles.unmount, sb.shm):
+        if sb.shm and steps.call("/dev/shm", self.system.unmount, sb.shm):
             sb.shm = ""
             faults.step("StopPodSandbox.shm_unmounted")
         steps.raise_first()
@@ -318,11 +245,11 @@ class Pods:
         await steps.run("stop", self._stop_pod(sb))
         if final:
             await steps.run("remove containers", self.remove_containers(sb))
-            if await steps.run("namespaces", self._ns(namespaces.remove, list(sb.namespaces.values()))):
+            if await steps.run("namespaces", self._ns(self.system.remove_namespaces, list(sb.namespaces.values()))):
                 sb.namespaces = {}
                 faults.step("RemovePodSandbox.namespaces_removed")
             mine = [d for d in sb.cgroups if d not in self._cgroups_in_use(sb)]
-            if mine and await steps.run("cgroups", asyncio.to_thread(cgroups.remove, mine)):
+            if mine and await steps.run("cgroups", asyncio.to_thread(self.system.remove_cgroups, mine)):
                 sb.cgroups = []
                 faults.step("RemovePodSandbox.cgroups_removed")
             shutil.rmtree(self.state_dir(sb), ignore_errors=True)
@@ -371,6 +298,38 @@ class Pods:
 
     # --- reads -------------------------------------------------------------------------
 
+    def ids(self) -> KeysView[str]:
+        """The ids of every pod record, a live view (what the server's list caches keep)."""
+        return self.store.by_id.keys()
+
+    def records(self) -> list[Sandbox]:
+        """Every pod record, copied in one step (the metrics scrape runs in another thread)."""
+        return list(self.store.by_id.values())
+
+    def network_status(self) -> Condition:
+        """NetworkReady: whether CNI has a usable config."""
+        return self.cni.status()
+
+    def network_result(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The pod's CNI result as the plugin gave it, None when it has none."""
+        r = self.cni.cached(sandbox_id)
+        return r.raw if r is not None else None
+
+    def update_pod_cidrs(self, cidrs: list[str]) -> None:
+        """The node's pod CIDRs from kubelet (UpdateRuntimeConfig)."""
+        self.cni.update_pod_cidrs(cidrs)
+
+    async def clear_partial_network_writes(self) -> None:
+        """At startup: CNI cache files a killed daemon left half written."""
+        await self.cni.clear_partial_writes()
+
+    def record_resources(
+        self, sb: Sandbox, overhead: pb.LinuxContainerResources, resources: pb.LinuxContainerResources
+    ) -> None:
+        """UpdatePodSandboxResources: the pod's new overhead and resources, written."""
+        pod_resources.record(sb, overhead, resources)
+        self.store.save(sb)
+
     def get(self, sandbox_id: str) -> Sandbox:
         sb = self.store.get(sandbox_id)
         if sb.state == State.CREATING:
@@ -415,7 +374,7 @@ class Pods:
             if sb.state == State.CREATING:
                 log.info("cleaning up a pod sandbox a killed daemon left half made", extra=fields(id=sb.id))
                 await self._undo(sb)
-            elif sb.state == State.READY and not all(namespaces.is_pinned(p) for p in sb.namespaces.values()):
+            elif sb.state == State.READY and not all(self.system.is_pinned(p) for p in sb.namespaces.values()):
                 log.info("pod sandbox lost its namespaces; marking it not ready", extra=fields(id=sb.id))
                 with contextlib.suppress(Exception):
                     await self._stop_pod(sb)

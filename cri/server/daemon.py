@@ -91,7 +91,7 @@ class Daemon:
         await images.recover()
         await containers.handlers.probe()
         await containers.recover()
-        await pods.cni.clear_partial_writes()
+        await pods.clear_partial_network_writes()
         containers.trash.recover()  # in the background: nothing waits for old directories to go
         await pods.recover()
         await images.gc()  # blobs and snapshots of a pull cut short, which no image holds
