@@ -345,20 +345,7 @@ class Pods:
         await forward(None if hostnet else sb.namespaces["net"], port, stream)
 
     def list(self, filt: pb.PodSandboxFilter | None) -> list[Sandbox]:
-        out = []
-        for sb in self.store.by_id.values():
-            if sb.state == State.CREATING:
-                continue
-            if filt is not None:
-                if filt.id and not sb.id.startswith(filt.id):
-                    continue
-                if filt.HasField("state") and (filt.state.state == pb.SANDBOX_READY) != (sb.state == State.READY):
-                    continue
-                labels = sb.config.labels
-                if any(labels.get(k) != v for k, v in filt.label_selector.items()):
-                    continue
-            out.append(sb)
-        return out
+        return self.store.matching(filt)
 
     # --- recovery ------------------------------------------------------------------------
 
