@@ -85,9 +85,10 @@ class RecordTable(Generic[R]):
 
     def update(self, r: R, **changes: Any) -> None:
         """Change fields of a record and write it, in one call (as containerd's UpdateSync)."""
+        unknown = [name for name in changes if not hasattr(r, name)]
+        if unknown:  # a typo must not half-change the record
+            raise AttributeError(f"{type(r).__name__} has no field {unknown[0]!r}")
         for name, value in changes.items():
-            if not hasattr(r, name):
-                raise AttributeError(f"{type(r).__name__} has no field {name!r}")
             setattr(r, name, value)
         self.save(r)
 
