@@ -68,9 +68,15 @@ class Containers:
         self.store = ContainerStore(store)
         self.life = Lifecycle(self.store)
         self.exits = Exits(
-            os.path.join(config.state_dir, "exits"), self.store, self.events, self.system, handlers.runtime,
-            pod_of=pods.store.by_id.get, starting=self.life.locks.locked, oom_killed=self._oom_killed,
-        )  # fmt: skip
+            os.path.join(config.state_dir, "exits"),
+            self.store,
+            self.events,
+            self.system,
+            runtime_of=handlers.runtime,
+            pod_of=pods.store.by_id.get,
+            starting=self.life.locks.locked,  # StartContainer holds the container's lock
+            oom_killed=self._oom_killed,
+        )
         self._min_oom = self.system.oom_score_adj()
         self.kill_wait = KILL_WAIT
         self.usage = UsageSampler()
