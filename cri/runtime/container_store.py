@@ -100,3 +100,30 @@ class ContainerStore(RecordTable[Container]):
 
     def of_sandbox(self, sandbox_id: str) -> list[Container]:
         return [c for c in self.by_id.values() if c.sandbox_id == sandbox_id]
+
+    def matching(self, filt: pb.ContainerFilter | pb.ContainerStatsFilter | None) -> list[Container]:
+        """Containers matching a ListContainers or ListContainerStats filter (ids by prefix);
+        those being created are never listed."""
+        states = {
+            pb.CONTAINER_CREATED: State.CREATED,
+            pb.CONTAINER_RUNNING: State.RUNNING,
+            pb.CONTAINER_EXITED: State.EXITED,
+        }
+        want_state = None
+        if isinstance(filt, pb.ContainerFilter) and filt.HasField("state"):
+            want_state = states.get(filt.state.state)
+        out = []
+        for c in self.by_id.values():
+            if c.state == State.CREATING:
+                continue
+            if filt is not None:
+                if filt.id and not c.id.startswith(filt.id):
+                    continue
+                if filt.pod_sandbox_id and not c.sandbox_id.startswith(filt.pod_sandbox_id):
+                    continue
+                if isinstance(filt, pb.ContainerFilter) and filt.HasField("state") and want_state != c.state:
+                    continue
+                if any(c.config.labels.get(k) != v for k, v in filt.label_selector.items()):
+                    continue
+            out.append(c)
+        return out

@@ -2,9 +2,8 @@
 
 Every container runs under its own conmon (see monitor.py); crid talks to
 the OCI runtime only through short commands, so a crid restart never touches
-a running container. Exits arrive through the exit watcher (inotify); a
-container that exits while crid is down is found by its exit file at
-startup, with the file's time as the finish time.
+a running container. Exits are recorded by container_exits.py; ExecSync is
+exec_sync.py, Exec exec_session.py, usage sampling stats.py.
 """
 
 import asyncio
@@ -14,55 +13,40 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import KeysView
 
 from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.config import Config
-from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import monitor, podfiles, procs
+from cri.runtime import monitor
 from cri.runtime.attach import attach as attach_stdio
-from cri.runtime.container_metrics import count_exit
+from cri.runtime.container_exits import Exits, exited, wait_for_file
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.events import EventBus, Kind
 from cri.runtime.exec_session import run_exec
-from cri.runtime.exits import ExitWatcher
+from cri.runtime.exec_sync import ExecResult, exec_sync
 from cri.runtime.handlers import Handlers
 from cri.runtime.image_volumes import ImageVolumes, check_mount
-from cri.runtime.pods import Pods, drain_tasks, pod_hostname
+from cri.runtime.lifecycle import Lifecycle
+from cri.runtime.pod_config import pod_hostname
+from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
-from cri.runtime.spec import SpecInputs, build_spec, signal_number, stop_signal, update_resources
-from cri.runtime.stats import Usage, read_usage
+from cri.runtime.spec import SpecInputs, signal_number, stop_signal, update_resources
+from cri.runtime.stats import Usage, UsageSampler
 from cri.runtime.stdio import Stdio
+from cri.runtime.system import System
 from cri.runtime.trash import Trash
 from cri.store import Store
 
 log = logging.getLogger(__name__)
 
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
-KILL_WAIT = 10.0
-REOPEN_WAIT = 2.0  # after SIGKILL, how long an exit may take before crid gives up waiting
-_TRUNCATED = b"\n[crid: output truncated at 16 MiB]\n"
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    stdout: bytes
-    stderr: bytes
-    exit_code: int
-
-
-def _own_oom_score_adj() -> int:
-    try:
-        with open("/proc/self/oom_score_adj") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return 0
+KILL_WAIT = 10.0  # after SIGKILL, how long an exit may take before crid gives up waiting
+REOPEN_WAIT = 2.0  # how long conmon may take to reopen a log file
 
 
 class Containers:
@@ -74,24 +58,31 @@ class Containers:
         images: Images,
         handlers: Handlers,
         events: EventBus | None = None,
+        system: System | None = None,
     ) -> None:
         self.config = config
         self.events = events if events is not None else EventBus()
         self.handlers = handlers
         self.pods = pods
         self.images = images
+        self.system = system if system is not None else System()
         self.store = ContainerStore(store)
-        self.exits = ExitWatcher(os.path.join(config.state_dir, "exits"), self._on_exit, self._rescan_exits)
-        self._exited: dict[str, asyncio.Event] = {}
-        self._tasks: dict[str, asyncio.Task[str]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._min_oom = _own_oom_score_adj()
-        self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last stats call
+        self.life = Lifecycle(self.store)
+        self.exits = Exits(
+            os.path.join(config.state_dir, "exits"),
+            self.store,
+            self.events,
+            self.system,
+            runtime_of=handlers.runtime,
+            pod_of=pods.store.by_id.get,
+            starting=self.life.locks.locked,  # StartContainer holds the container's lock
+            oom_killed=self._oom_killed,
+        )
+        self._min_oom = self.system.oom_score_adj()
+        self.kill_wait = KILL_WAIT
+        self.usage = UsageSampler()
         self.trash = Trash(config.root_dir, config.state_dir)
         self.volumes = ImageVolumes(images, config.state_dir)
-        pods.stop_containers = self._stop_all
-        pods.remove_containers = self._remove_all
-        images.snapshots_in_use = self._chains_in_use
 
     # --- paths and helpers -------------------------------------------------------
 
@@ -106,13 +97,8 @@ class Containers:
         a symlink conmon makes to the bundle dir (keeps the socket path short)."""
         return os.path.join(self.config.state_dir, "attach", cid)
 
-    def _lock(self, cid: str) -> asyncio.Lock:
-        return self._locks.setdefault(cid, asyncio.Lock())
-
-    def _event(self, cid: str) -> asyncio.Event:
-        return self._exited.setdefault(cid, asyncio.Event())
-
-    def _chains_in_use(self) -> set[str]:
+    def chains_in_use(self) -> set[str]:
+        """The snapshots containers use (what image GC keeps)."""
         return {chain for c in self.store.by_id.values() for chain in c.chain_ids} | self.volumes.chains_in_use()
 
     # --- CreateContainer -----------------------------------------------------------
@@ -134,13 +120,11 @@ class Containers:
         name = f"{m.name}_{pm.name}_{pm.namespace}_{pm.uid}_{m.attempt}"
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + sb.id.encode()).hexdigest()
         config = self._with_volume_refs(config)
-        existing = self.store.by_name.get(name)
-        if existing is not None:
-            c = self.store.by_id[existing]
-            if c.fingerprint != fingerprint:
-                raise AlreadyExists(f"container name {name!r} is already reserved for container {c.id}")
-            task = self._tasks.get(name)
-            return await asyncio.shield(task) if task is not None else c.id
+        joined = await self.life.reserve(
+            name, fingerprint, lambda c: f"container name {name!r} is already reserved for container {c.id}"
+        )
+        if joined is not None:
+            return joined
         log_path = ""
         if sb.config.log_directory and config.log_path:
             log_path = os.path.join(sb.config.log_directory, config.log_path)
@@ -162,10 +146,7 @@ class Containers:
         )
         self.store.add(c)
         faults.step("CreateContainer.recorded")
-        task = asyncio.ensure_future(self._create(c, sb))
-        self._tasks[name] = task
-        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
-        return await asyncio.shield(task)
+        return await self.life.launch(name, self._create(c, sb))
 
     def _with_volume_refs(self, config: pb.ContainerConfig) -> pb.ContainerConfig:
         """Image mounts checked, and their images' ids set (ContainerStatus reports them, KEP-5365)."""
@@ -181,27 +162,26 @@ class Containers:
 
     async def _create(self, c: Container, sb: Sandbox) -> str:
         started = time.monotonic()
-        try:
-            async with self._lock(c.id):
-                await self._setup(c, sb)
-                c.state = State.CREATED
-                self.store.save(c)
-                faults.step("CreateContainer.created_recorded")
-                self.events.publish(Kind.CREATED, sb, c.id)
-        except BaseException as exc:
-            log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
-            try:
-                await self._cleanup(c)
-            except Exception as undo:  # keep the record so RemoveContainer can finish the job
-                log.warning("container undo incomplete; kept for removal", extra=fields(id=c.id, error=str(undo)))
-                self._record_exit(c, 255, time.time_ns(), f"create failed: {exc}")
-                c.reason = "CreateFailed"
-                self.store.save(c)
-                raise
-            self.store.delete(c)
-            raise
+        await self.life.attempt(c.id, lambda: self._make(c, sb), lambda exc: self._undo(c, exc))
         log.info("container created", extra=fields(id=c.id, name=c.name, seconds=round(time.monotonic() - started, 4)))
         return c.id
+
+    async def _make(self, c: Container, sb: Sandbox) -> None:
+        await self._setup(c, sb)
+        self.store.update(c, state=State.CREATED)
+        faults.step("CreateContainer.created_recorded")
+        self.events.publish(Kind.CREATED, sb, c.id)
+
+    async def _undo(self, c: Container, exc: BaseException) -> None:
+        log.info("container create failed, undoing", extra=fields(id=c.id, name=c.name, error=str(exc)))
+        try:
+            await self._cleanup(c)
+        except Exception as undo:  # keep the record so RemoveContainer can finish the job (undo's error is raised)
+            log.warning("container undo incomplete; kept for removal", extra=fields(id=c.id, error=str(undo)))
+            self.exits.record(c, 255, time.time_ns(), f"create failed: {exc}")
+            self.store.update(c, reason="CreateFailed")
+            raise
+        self.store.delete(c)
 
     async def _setup(self, c: Container, sb: Sandbox) -> None:
         image = self.images.meta.images.get(c.image_id)
@@ -215,8 +195,7 @@ class Containers:
         os.makedirs(
             upper, mode=0o755, exist_ok=True
         )  # the container's "/" takes this mode: users other than root enter it
-        c.rootfs_mounted = True  # recorded first: recovery unmounts if we die midway
-        self.store.save(c)
+        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts if we die midway
         faults.step("CreateContainer.rootfs_recorded")
         await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
         faults.step("CreateContainer.rootfs_mounted")
@@ -225,14 +204,14 @@ class Containers:
         pid_ns = ""
         cpid = c.config.linux.security_context.namespace_options
         if cpid.pid == pb.POD and sb.infra_pid > 0:
-            if not procs.same_process(sb.infra_pid, sb.infra_start):
+            if not self.system.same_process(sb.infra_pid, sb.infra_start):
                 raise FailedPrecondition(
                     f"the infra process of pod {sb.id} is gone: its PID namespace cannot be joined"
                 )
             pid_ns = f"/proc/{sb.infra_pid}/ns/pid"
         elif cpid.pid == pb.TARGET:
             target = self.store.find(cpid.target_id)
-            if target is None or not procs.same_process(target.pid, target.pid_start):
+            if target is None or not self.system.same_process(target.pid, target.pid_start):
                 raise NotFound(f"target container {cpid.target_id!r} for the PID namespace is not running")
             pid_ns = f"/proc/{target.pid}/ns/pid"
         cg = sb.config.linux.cgroup_parent.rstrip("/")
@@ -255,21 +234,19 @@ class Containers:
             image_name=c.image_name,
             rro_supported=self.handlers.supports_rro(c.handler),
         )
-        spec = await asyncio.to_thread(build_spec, inputs)
+        spec = await asyncio.to_thread(self.system.build_spec, inputs)
         c.stop_signal = stop_signal(image_config, c.config.stop_signal)
         user = spec.get("process", {}).get("user", {})
         c.uid, c.gid, c.groups = user.get("uid", 0), user.get("gid", 0), list(user.get("additionalGids", []))
         await asyncio.to_thread(_write_json, os.path.join(bundle, "config.json"), spec)
         if c.log_path:
             os.makedirs(os.path.dirname(c.log_path), exist_ok=True)
-        runtime = self.pods.runtime(c.handler)
-        c.pid = await monitor.create(
-            runtime,
+        c.pid = await self.handlers.runtime(c.handler).create(
             monitor.MonitorSpec(
                 container_id=c.id,
                 bundle=bundle,
                 log_path=c.log_path,
-                exit_dir=self.exits.directory,
+                exit_dir=self.exits.watcher.directory,
                 persist_dir=os.path.join(persist, "monitor"),
                 socket_dir=os.path.join(self.config.state_dir, "attach"),
                 tty=c.config.tty,
@@ -277,10 +254,10 @@ class Containers:
                 stdin_once=c.config.stdin_once,
             ),
         )
-        c.pid_start = procs.start_time(c.pid)
+        c.pid_start = self.system.start_time(c.pid)
         faults.step("CreateContainer.runtime_created")
 
-    # --- start, exit --------------------------------------------------------------------
+    # --- start --------------------------------------------------------------------
 
     async def start(self, cid: str) -> None:
         c = self.store.get(cid)
@@ -288,66 +265,22 @@ class Containers:
         if sb is None or sb.state != PodState.READY:
             raise FailedPrecondition(f"the pod sandbox of container {c.id} is not ready")
         try:
-            async with self._lock(c.id):
+            async with self.life.locks.hold(c.id):
                 if c.state != State.CREATED:
                     raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
-                self._event(c.id)
+                self.exits.event(c.id)
                 started = time.time_ns()
-                await self.pods.runtime(c.handler).run("start", c.id)
+                await self.handlers.runtime(c.handler).start(c.id)
                 faults.step("StartContainer.started")
-                c.state = State.RUNNING
-                c.started_at = started
-                self.store.save(c)
+                self.store.update(c, state=State.RUNNING, started_at=started)
                 faults.step("StartContainer.running_recorded")
                 self.events.publish(Kind.STARTED, sb, c.id)
         finally:
-            self._on_exit(c.id)  # it may have exited already, while `runtime start` ran (see _on_exit)
-
-    def _on_exit(self, cid: str) -> None:
-        c = self.store.by_id.get(cid)
-        if c is None or c.state not in (State.RUNNING, State.CREATED):
-            return
-        if c.state == State.CREATED and (lock := self._locks.get(cid)) is not None and lock.locked():
-            return  # being started: start() looks when done, so the exit is never recorded before the start
-        found = self.exits.exit_code(cid)
-        if found is None:
-            return
-        code, when = found
-        self._record_exit(c, code, when)
-
-    def _rescan_exits(self) -> None:
-        log.warning("exit events were lost (inotify queue overflow); checking every container")
-        for cid in list(self.store.by_id):
-            self._on_exit(cid)
+            self.exits.on_exit(c.id)  # it may have exited already, while `runtime start` ran (see Exits.on_exit)
 
     def _oom_killed(self, c: Container) -> bool:
         candidates = (os.path.join(self.persist(c.id), "monitor", "oom"), os.path.join(self.bundle(c.id), "oom"))
         return any(os.path.exists(p) for p in candidates)
-
-    def _record_exit(self, c: Container, code: int, when: int, message: str = "") -> None:
-        c.state = State.EXITED
-        c.message = message
-        c.exit_code = code
-        c.finished_at = max(when, c.started_at)
-        if self._oom_killed(c):
-            c.reason = "OOMKilled"  # the exit code stays the process's own, as containerd reports it
-        else:
-            c.reason = "Completed" if code == 0 else "Error"
-        self.store.save(c)
-        faults.step("StopContainer.exit_recorded")
-        self._event(c.id).set()
-        self.events.publish(Kind.STOPPED, self.pods.store.by_id.get(c.sandbox_id), c.id)
-        log.info("container exited", extra=fields(id=c.id, name=c.name, code=c.exit_code, reason=c.reason))
-        count_exit(c.reason)
-
-    async def _wait_exit(self, c: Container, seconds: float) -> bool:
-        if c.state == State.EXITED:
-            return True
-        try:
-            await asyncio.wait_for(self._event(c.id).wait(), seconds)
-        except TimeoutError:
-            self._on_exit(c.id)
-        return _exited(c)  # the exit event (or the check above) may have changed the state
 
     # --- stop, remove ----------------------------------------------------------------------
 
@@ -356,89 +289,85 @@ class Containers:
         c = self.store.find(cid)
         if c is None or c.state in (State.CREATING, State.EXITED):
             return
-        runtime = self.pods.runtime(c.handler)
+        runtime = self.handlers.runtime(c.handler)
         try:
             if timeout > 0:
                 with contextlib.suppress(FailedPrecondition):
                     await runtime.kill(c.id, str(signal_number(c.stop_signal)))  # runc knows no RT signal names
                 faults.step("StopContainer.signalled")
-                if await self._wait_exit(c, timeout):
+                if await self.exits.wait(c, timeout):
                     return
             with contextlib.suppress(FailedPrecondition):
                 await runtime.kill(c.id, "KILL")
             faults.step("StopContainer.killed")
         except NotFound:
             # the runtime does not know it (its state is gone, e.g. after a reboot): nothing left to stop
-            self._on_exit(c.id)
-            if not _exited(c):
-                self._record_exit(c, 255, time.time_ns(), "the OCI runtime no longer knows this container")
+            self.exits.on_exit(c.id)
+            if not exited(c):
+                self.exits.record(c, 255, time.time_ns(), "the OCI runtime no longer knows this container")
             return
-        if await self._wait_exit(c, KILL_WAIT):
+        if await self.exits.wait(c, self.kill_wait):
             return
         # the runtime did not deliver: kill the process ourselves if it is still the one we started
-        if procs.same_process(c.pid, c.pid_start):
+        if self.system.same_process(c.pid, c.pid_start):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(c.pid, signal.SIGKILL)
-            if await self._wait_exit(c, KILL_WAIT):
+                self.system.kill(c.pid, signal.SIGKILL)
+            if await self.exits.wait(c, self.kill_wait):
                 return
         log.error("container did not report an exit after SIGKILL; marking it exited", extra=fields(id=c.id))
-        self._record_exit(c, 137, time.time_ns(), "the container did not report an exit after SIGKILL")
+        self.exits.record(c, 137, time.time_ns(), "the container did not report an exit after SIGKILL")
 
     async def _cleanup(self, c: Container) -> None:
         """Undo everything of a container on the system (not its record)."""
-        runtime = self.pods.runtime(c.handler)
+        runtime = self.handlers.runtime(c.handler)
         with contextlib.suppress(NotFound, FailedPrecondition):
             await runtime.delete(c.id)
         faults.step("RemoveContainer.runtime_deleted")
-        conmon = monitor.conmon_pid(self.bundle(c.id))
-        if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
+        conmon = self.system.live_monitor(self.bundle(c.id))
+        if conmon:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(conmon, signal.SIGKILL)
+                self.system.kill(conmon, signal.SIGKILL)
         if c.rootfs_mounted:
-            podfiles.unmount(os.path.join(self.bundle(c.id), "rootfs"))
+            self.system.unmount(os.path.join(self.bundle(c.id), "rootfs"))
             c.rootfs_mounted = False
             faults.step("RemoveContainer.rootfs_unmounted")
         await self.trash.discard(self.bundle(c.id), self.persist(c.id))  # renamed now, deleted in the background
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.attach_dir(c.id))  # conmon's symlink to the bundle (rmtree refuses links)
-        self.exits.forget(c.id)
+        self.exits.watcher.forget(c.id)
 
     async def remove(self, cid: str) -> None:
         """RemoveContainer: kills a running container first; idempotent."""
         c = self.store.find(cid)
         if c is None:
             return
-        task = self._tasks.get(c.name)
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
+        await self.life.settle(c.name)
         if c.state in (State.RUNNING, State.CREATED):
             await self.stop(c.id, 0)
-        async with self._lock(c.id):
+        async with self.life.locks.hold(c.id):
             if c.id not in self.store.by_id:
                 return
             await self._cleanup(c)
             self.store.delete(c)
             self.events.publish(Kind.DELETED, self.pods.store.by_id.get(c.sandbox_id), c.id)
             faults.step("RemoveContainer.record_deleted")
-        self._locks.pop(c.id, None)
-        self._exited.pop(c.id, None)
-        self._cpu_samples.pop(c.id, None)
+        self.exits.forget(c.id)
+        self.usage.forget(c.id)
         await self.images.gc()  # its layers may belong to an image removed meanwhile
         log.info("container removed", extra=fields(id=c.id, name=c.name))
 
     async def _settle_creates(self, sb: Sandbox) -> None:
         """Let CreateContainer calls in flight for this pod finish first (a pod
         must not lose its namespaces under a container being created)."""
-        pending = [self._tasks[c.name] for c in self.store.of_sandbox(sb.id) if c.name in self._tasks]
-        if pending:
-            await asyncio.wait(pending)
+        await self.life.settle_all(c.name for c in self.store.of_sandbox(sb.id))
 
-    async def _stop_all(self, sb: Sandbox) -> None:
+    async def stop_all(self, sb: Sandbox) -> None:
+        """Stop every container of a pod (StopPodSandbox)."""
         await self._settle_creates(sb)
         await asyncio.gather(*(self.stop(c.id, 0) for c in self.store.of_sandbox(sb.id)))
 
-    async def _remove_all(self, sb: Sandbox) -> None:
+    async def remove_all(self, sb: Sandbox) -> None:
+        """Remove every container of a pod (RemovePodSandbox)."""
         await self._settle_creates(sb)
         await asyncio.gather(*(self.remove(c.id) for c in self.store.of_sandbox(sb.id)))
         if await self.volumes.release(sb.id):  # mounted for the pod's containers, gone with the pod
@@ -452,41 +381,13 @@ class Containers:
             raise FailedPrecondition(f"container {c.id} is not running")
         if not cmd:
             raise InvalidArgument("ExecSync: cmd is empty")
-        bundle = self.bundle(c.id)
-        spec = await asyncio.to_thread(_read_json, os.path.join(bundle, "config.json"))
-        process = dict(spec["process"])  # type: ignore[call-overload]
-        process.update(args=cmd, terminal=False)
-        fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
-        pid_path = process_path[: -len(".json")] + ".pid"
-        with os.fdopen(fd, "w") as f:
-            json.dump(process, f)
-        runtime = self.pods.runtime(c.handler)
-        proc = await asyncio.create_subprocess_exec(
-            runtime.binary, "--root", runtime.root, "exec", "--process", process_path, "--pid-file", pid_path, c.id,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            reads = asyncio.gather(_read_capped(proc.stdout), _read_capped(proc.stderr), proc.wait())
-            try:
-                out, err, code = await asyncio.wait_for(reads, timeout if timeout > 0 else None)
-            except TimeoutError:
-                await _end_exec(proc, pid_path)
-                raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s and was killed") from None
-            except asyncio.CancelledError:  # the client went away (its own deadline): the command goes too
-                await _end_exec(proc, pid_path)
-                raise
-        finally:
-            for path in (process_path, pid_path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-        return ExecResult(out, err, code)
+        return await exec_sync(self.handlers.runtime(c.handler), c.id, self.bundle(c.id), cmd, timeout)
 
     async def exec_stream(self, cid: str, cmd: list[str], stdio: Stdio) -> int:  # Exec: see exec_session.py
         if not cmd:
             raise InvalidArgument("Exec: cmd is empty")
         c = self._running(cid)
-        return await run_exec(self.pods.runtime(c.handler), c.id, self.bundle(c.id), cmd, stdio)
+        return await run_exec(self.handlers.runtime(c.handler), c.id, self.bundle(c.id), cmd, stdio)
 
     async def attach(self, cid: str, stdio: Stdio) -> None:  # see attach.py for conmon's socket
         c = self._running(cid)
@@ -507,7 +408,7 @@ class Containers:
             return
         monitor.reopen_log(self.bundle(c.id))
         # conmon reopens asynchronously; answer once the new file exists, as kubelet then reads it
-        await asyncio.to_thread(_wait_for_file, c.log_path, REOPEN_WAIT)
+        await asyncio.to_thread(wait_for_file, c.log_path, REOPEN_WAIT)
 
     async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:
         c = self.store.get(cid)
@@ -515,81 +416,46 @@ class Containers:
             raise FailedPrecondition(f"container {c.id} is {c.state.value}: resources can only change while it runs")
         spec = await asyncio.to_thread(_read_json, os.path.join(self.bundle(c.id), "config.json"))
         doc = update_resources(spec, resources)
-        runtime = self.pods.runtime(c.handler)
-        fd, path = tempfile.mkstemp(prefix="update-", suffix=".json", dir=self.bundle(c.id))
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        try:
-            await runtime.run("update", "--resources", path, c.id)
-        finally:
-            os.unlink(path)
-        c.resources = resources.SerializeToString()
-        self.store.save(c)
+        await self.handlers.runtime(c.handler).update(c.id, doc, self.bundle(c.id))
+        self.store.update(c, resources=resources.SerializeToString())
 
     # --- stats ----------------------------------------------------------------------------
 
     async def stats(self, containers: list[Container]) -> list[tuple[Container, Usage, int | None]]:
         """Usage of each container, with CPU use in nanocores since the last sample."""
-
-        def read_all() -> list[Usage]:
-            return [read_usage(c.cgroups_path, os.path.join(self.persist(c.id), "upper")) for c in containers]
-
-        out = []
-        for c, usage in zip(containers, await asyncio.to_thread(read_all), strict=True):
-            nano_cores = None
-            previous = self._cpu_samples.get(c.id)
-            if usage.cpu_ns is not None:
-                if previous is not None and usage.timestamp > previous[0]:
-                    nano_cores = max(usage.cpu_ns - previous[1], 0) * 10**9 // (usage.timestamp - previous[0])
-                self._cpu_samples[c.id] = (usage.timestamp, usage.cpu_ns)
-            out.append((c, usage, nano_cores))
-        return out
+        return await self.usage.sample(containers, lambda c: os.path.join(self.persist(c.id), "upper"))
 
     # --- reads ---------------------------------------------------------------------------
+
+    def ids(self) -> KeysView[str]:
+        """The ids of every container record, a live view (what the server's list caches keep)."""
+        return self.store.by_id.keys()
+
+    def records(self) -> list[Container]:
+        """Every container record, copied in one step (the metrics scrape runs in another thread)."""
+        return list(self.store.by_id.values())
 
     def get(self, cid: str) -> Container:
         return self.store.get(cid)
 
     def list(self, filt: pb.ContainerFilter | pb.ContainerStatsFilter | None) -> list[Container]:
         """Containers matching a ListContainers or ListContainerStats filter (ids by prefix)."""
-        states = {
-            pb.CONTAINER_CREATED: State.CREATED,
-            pb.CONTAINER_RUNNING: State.RUNNING,
-            pb.CONTAINER_EXITED: State.EXITED,
-        }
-        want_state = None
-        if isinstance(filt, pb.ContainerFilter) and filt.HasField("state"):
-            want_state = states.get(filt.state.state)
-        out = []
-        for c in self.store.by_id.values():
-            if c.state == State.CREATING:
-                continue
-            if filt is not None:
-                if filt.id and not c.id.startswith(filt.id):
-                    continue
-                if filt.pod_sandbox_id and not c.sandbox_id.startswith(filt.pod_sandbox_id):
-                    continue
-                if isinstance(filt, pb.ContainerFilter) and filt.HasField("state") and want_state != c.state:
-                    continue
-                if any(c.config.labels.get(k) != v for k, v in filt.label_selector.items()):
-                    continue
-            out.append(c)
-        return out
+        return self.store.matching(filt)
 
     # --- recovery ---------------------------------------------------------------------------
 
     async def drain(self, seconds: float) -> None:
         """At shutdown: let CreateContainer work in flight finish (or undo itself)."""
-        await drain_tasks(list(self._tasks.values()), seconds)
+        await self.life.drain(seconds)
 
     def close(self) -> None:
         """At shutdown, after drain: stop watching for exits (conmon keeps recording them)."""
-        self.exits.close()
+        self.exits.watcher.close()
 
     async def recover(self) -> None:
         """After a restart: exits that happened meanwhile, half-made containers."""
-        self.exits.start()
-        await self.volumes.recover(set(self.pods.store.by_id))
+        self.exits.watcher.start()
+        await self.volumes.recover(set(self.pods.ids()))
         for c in list(self.store.by_id.values()):
             if c.state == State.CREATING:
                 try:
@@ -598,49 +464,11 @@ class Containers:
                     log.warning(
                         "half-made container not cleaned up; kept for removal", extra=fields(id=c.id, error=str(exc))
                     )
-                    self._record_exit(c, 255, time.time_ns(), "crid stopped while creating it")
+                    self.exits.record(c, 255, time.time_ns(), "crid stopped while creating it")
                     continue
                 self.store.delete(c)
             elif c.state in (State.CREATED, State.RUNNING):
-                await self._reconcile(c)
-
-    async def _reconcile(self, c: Container) -> None:
-        """Bring a created/running record in line with what is really there."""
-        found = self.exits.exit_code(c.id)
-        if found is not None:
-            self._record_exit(c, *found)
-            return
-        if c.state == State.RUNNING and procs.same_process(c.pid, c.pid_start):
-            return  # still running: no `runtime state` (a process each) per container at startup
-        state = await self.pods.runtime(c.handler).state(c.id)
-        status = state.get("status") if state else None
-        if status in ("running", "created") and procs.same_process(c.pid, c.pid_start):
-            if status == "running" and c.state == State.CREATED:  # crid died right after `runtime start`
-                c.state, c.started_at = State.RUNNING, c.started_at or time.time_ns()
-                self.store.save(c)
-            return
-        conmon = monitor.conmon_pid(self.bundle(c.id))
-        if conmon and procs.exists(conmon) and monitor.is_conmon(conmon):
-            # the process is gone but its monitor is not: it is about to write the exit file,
-            # which the exit watcher (started before recovery) records with the real code
-            await asyncio.to_thread(_wait_for_file, os.path.join(self.exits.directory, c.id), KILL_WAIT)
-            self._on_exit(c.id)
-            if c.state == State.EXITED:
-                return
-        # no exit file and no such process: the monitor went with it (a reboot, or it was killed)
-        self._record_exit(c, 255, time.time_ns())
-        c.reason, c.message = "Unknown", "the container's process and monitor are gone"
-        self.store.save(c)
-
-
-def _wait_for_file(path: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
-def _exited(c: Container) -> bool:
-    return c.state == State.EXITED
+                await self.exits.reconcile(c, self.bundle(c.id))
 
 
 def _write_json(path: str, doc: object) -> None:
@@ -655,37 +483,3 @@ def _read_json(path: str) -> dict[str, object]:
         doc = json.load(f)
     assert isinstance(doc, dict)
     return doc
-
-
-async def _end_exec(proc: asyncio.subprocess.Process, pid_path: str) -> None:
-    """Kill an exec'd command and let ``runc exec`` reap it before it exits
-    (killing runc first would leave the command a zombie in the container)."""
-    _kill_exec(pid_path)
-    try:
-        await asyncio.wait_for(proc.wait(), KILL_WAIT)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
-def _kill_exec(pid_path: str) -> None:
-    try:
-        with open(pid_path) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
-
-
-async def _read_capped(stream: asyncio.StreamReader) -> bytes:
-    """Read a stream to its end, keeping at most EXEC_OUTPUT_LIMIT bytes."""
-    buf = bytearray()
-    truncated = False
-    while chunk := await stream.read(64 * 1024):
-        room = EXEC_OUTPUT_LIMIT - len(buf)
-        if room > 0:
-            buf += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return bytes(buf) + (_TRUNCATED if truncated else b"")

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from typing import Any
 
 from cri.errors import FailedPrecondition
-from cri.runtime.oci import OciRuntime
+from cri.runtime.oci import Runtime
 from cri.runtime.stdio import Sink, Source, Stdio, TerminalSize
 
 CHUNK = 32 * 1024  # the most read from the command ahead of the client
@@ -47,15 +47,14 @@ EOT = b"\x04"
 Process = asyncio.subprocess.Process
 
 
-async def run_exec(runtime: OciRuntime, container_id: str, bundle: str, cmd: list[str], stdio: Stdio) -> int:
+async def run_exec(runtime: Runtime, container_id: str, bundle: str, cmd: list[str], stdio: Stdio) -> int:
     """Run ``cmd`` in the running container with the client's streams; returns its
     exit code (128+signal when a signal killed it, as runc reports it)."""
     process = await asyncio.to_thread(_process_spec, bundle, cmd, stdio.tty)
     fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
     os.close(fd)
     pid_path = process_path[: -len(".json")] + ".pid"
-    argv = [runtime.binary, "--root", runtime.root, "exec", "--process", process_path, "--pid-file", pid_path]
-    argv.append(container_id)
+    argv = runtime.exec_command(container_id, process_path, pid_path)
     try:
         if stdio.tty:
             return await _run_tty(argv, pid_path, stdio, process, process_path)

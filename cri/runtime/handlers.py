@@ -2,14 +2,19 @@
 the runtime side of crid can work at all."""
 
 import asyncio
-import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cri.conditions import Condition
 from cri.config import Config
+from cri.errors import NotFound
+from cri.runtime.oci import OciRuntime, Runtime
+
+# (handler name, binary, --root) -> its runtime; tests pass a fake
+RuntimeFactory = Callable[[str, str, str], Runtime]
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,6 @@ log = logging.getLogger(__name__)
 
 # mount_setattr(2), which recursive read-only mounts need, came with Linux 5.12
 _RRO_KERNEL = (5, 12)
-_PROBE_TIMEOUT = 10.0
 
 
 def _kernel_at_least(version: tuple[int, int]) -> bool:
@@ -43,32 +47,35 @@ def _kernel_at_least(version: tuple[int, int]) -> bool:
     return (major, minor) >= version
 
 
-async def probe_features(binary: str) -> HandlerFeatures:
-    """Ask ``<runtime> features`` (runc >= 1.1) what it supports; a runtime
-    that cannot say gets nothing claimed for it."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            binary, "features", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), _PROBE_TIMEOUT)
-        doc = json.loads(out) if proc.returncode == 0 else {}
-    except (OSError, TimeoutError, ValueError):
-        return HandlerFeatures()
-    options = doc.get("mountOptions") if isinstance(doc, dict) else None
+async def probe_features(runtime: Runtime) -> HandlerFeatures:
+    """What the runtime's ``features`` says it supports; a runtime that cannot
+    say gets nothing claimed for it."""
+    options = (await runtime.features()).get("mountOptions")
     rro = isinstance(options, list) and "rro" in options and _kernel_at_least(_RRO_KERNEL)
     return HandlerFeatures(recursive_read_only_mounts=rro)
 
 
 class Handlers:
-    """The configured handlers and what each supports (probed at startup)."""
+    """The configured handlers, the OCI runtime of each, and what each supports (probed at startup)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, factory: RuntimeFactory = OciRuntime) -> None:
         self.config = config
+        self.factory = factory
         self.features = {name: HandlerFeatures() for name in config.runtime.handlers}
+
+    def runtime(self, handler: str) -> Runtime:
+        """The runtime of a handler ("" is the default one)."""
+        name = handler or self.config.runtime.default_handler
+        h = self.config.runtime.handlers.get(name)
+        if h is None:
+            raise NotFound(
+                f"no runtime handler {name!r} is configured (known: {', '.join(self.config.runtime.handlers)})"
+            )
+        return self.factory(name, h.binary, self.config.handler_root(name))
 
     async def probe(self) -> None:
         names = list(self.config.runtime.handlers)
-        found = await asyncio.gather(*(probe_features(self.config.runtime.handlers[n].binary) for n in names))
+        found = await asyncio.gather(*(probe_features(self.runtime(n)) for n in names))
         self.features = dict(zip(names, found, strict=True))
         log.info("runtime handler features", extra={"crid_fields": {n: vars(f) for n, f in self.features.items()}})
 

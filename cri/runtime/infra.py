@@ -14,7 +14,7 @@ import os
 import shutil
 
 from cri import faults
-from cri.runtime.oci import OciRuntime
+from cri.runtime.oci import Runtime
 
 CATATONIT = "/usr/bin/catatonit"
 
@@ -70,12 +70,12 @@ def spec(rootfs: str, namespaces: dict[str, str], cgroups_path: str) -> dict[str
 
 
 async def start(
-    runtime: OciRuntime, bundle: str, container_id: str, rootfs: str, namespaces: dict[str, str], cgroups_path: str
+    runtime: Runtime, bundle: str, container_id: str, rootfs: str, namespaces: dict[str, str], cgroups_path: str
 ) -> int:
     """Run the infra process detached; returns its host pid."""
     pid_file = os.path.join(bundle, "infra.pid")
     await asyncio.to_thread(_write_bundle, bundle, spec(rootfs, namespaces, cgroups_path))
-    await runtime.run("run", "--detach", "--bundle", bundle, "--pid-file", pid_file, container_id, capture=False)
+    await runtime.run_detached(container_id, bundle, pid_file)
     return int((await asyncio.to_thread(_read, pid_file)).strip())
 
 
@@ -90,7 +90,7 @@ def _read(path: str) -> str:
         return f.read()
 
 
-async def stop(runtime: OciRuntime, container_id: str) -> None:
+async def stop(runtime: Runtime, container_id: str) -> None:
     """Kill and delete the infra container; idempotent."""
     await runtime.kill(container_id, "KILL")
     faults.step("StopPodSandbox.infra_killed")

@@ -1,7 +1,10 @@
-"""The OCI runtime command line (runc, crun or compatible), run asynchronously.
+"""The OCI runtime: what crid asks of it (``Runtime``), and the implementation
+for runc, crun or any runc-compatible command line (``OciRuntime``).
 
-Errors come back with the runtime's own message: it is read from the JSON log
-the runtime writes with ``--log-format json``, which is clearer than stderr.
+Pods and containers talk to a runtime only through ``Runtime``, so unit tests
+drive their state machines with a fake one. Errors come back with the
+runtime's own message: it is read from the JSON log the runtime writes with
+``--log-format json``, which is clearer than stderr.
 """
 
 import asyncio
@@ -9,15 +12,65 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from cri.errors import FailedPrecondition, NotFound
 
+if TYPE_CHECKING:
+    from cri.runtime.monitor import MonitorSpec
+
 COMMAND_TIMEOUT = 60.0
+FEATURES_TIMEOUT = 10.0
+
+
+class Runtime(Protocol):
+    """An OCI runtime of one handler."""
+
+    @property
+    def name(self) -> str: ...  # the handler name
+
+    async def create(self, spec: "MonitorSpec") -> int:
+        """Create the container under its own monitor; returns the container's pid."""
+        ...
+
+    async def run_detached(self, container_id: str, bundle: str, pid_file: str) -> None:
+        """Create and start a container without a monitor (the pod's infra process)."""
+        ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def state(self, container_id: str) -> dict[str, object] | None:
+        """The runtime's state of a container, None when it does not know it."""
+        ...
+
+    async def kill(self, container_id: str, signal: str = "KILL") -> None:
+        """Signal a container (a number or a name); one that is not running is fine."""
+        ...
+
+    async def delete(self, container_id: str) -> None:
+        """Force-delete; a container the runtime does not know is fine."""
+        ...
+
+    async def update(self, container_id: str, resources: Mapping[str, object], scratch_dir: str) -> None:
+        """Apply an OCI ``linux.resources`` document (its file is written in ``scratch_dir``)."""
+        ...
+
+    def exec_command(self, container_id: str, process_path: str, pid_path: str) -> list[str]:
+        """The command line that runs the process of ``process_path`` in the container
+        in the foreground, writing its pid to ``pid_path``."""
+        ...
+
+    async def features(self) -> dict[str, object]:
+        """What the runtime says it supports (``features``); {} when it cannot say."""
+        ...
 
 
 @dataclass(frozen=True)
 class OciRuntime:
+    """A runc-compatible command line."""
+
     name: str  # the handler name
     binary: str
     root: str  # --root: where the runtime keeps its state
@@ -60,6 +113,17 @@ class OciRuntime:
         finally:
             os.unlink(log_path)
 
+    async def create(self, spec: "MonitorSpec") -> int:
+        from cri.runtime import monitor  # it imports this module
+
+        return await monitor.create(self, spec)
+
+    async def run_detached(self, container_id: str, bundle: str, pid_file: str) -> None:
+        await self.run("run", "--detach", "--bundle", bundle, "--pid-file", pid_file, container_id, capture=False)
+
+    async def start(self, container_id: str) -> None:
+        await self.run("start", container_id)
+
     async def state(self, container_id: str) -> dict[str, object] | None:
         """``state`` of a container, None when the runtime does not know it."""
         try:
@@ -80,6 +144,32 @@ class OciRuntime:
         """Force-delete; a container the runtime does not know is fine."""
         with contextlib.suppress(NotFound):
             await self.run("delete", "--force", container_id)
+
+    async def update(self, container_id: str, resources: Mapping[str, object], scratch_dir: str) -> None:
+        fd, path = tempfile.mkstemp(prefix="update-", suffix=".json", dir=scratch_dir)
+        with os.fdopen(fd, "w") as f:
+            json.dump(resources, f)
+        try:
+            await self.run("update", "--resources", path, container_id)
+        finally:
+            os.unlink(path)
+
+    def exec_command(self, container_id: str, process_path: str, pid_path: str) -> list[str]:
+        # no --log: exec's stderr is the command's own
+        exe = [self.binary, "--root", self.root, "exec"]
+        return [*exe, "--process", process_path, "--pid-file", pid_path, container_id]
+
+    async def features(self) -> dict[str, object]:
+        """``<runtime> features`` (runc >= 1.1)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.binary, "features", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), FEATURES_TIMEOUT)
+            doc = json.loads(out) if proc.returncode == 0 else {}
+        except (OSError, TimeoutError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
 
 def _log_error(path: str) -> str:

@@ -13,30 +13,35 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
-import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, KeysView
+from typing import Any
 
 from cri import faults
 from cri.api.v1 import api_pb2 as pb
-from cri.cni import CniManager, PodNetwork, PortMapping
+from cri.cni import CniManager
+from cri.conditions import Condition
 from cri.config import Config
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import FailedPrecondition, NotFound
 from cri.log import fields
-from cri.runtime import cgroups, infra, namespaces, podfiles, procs
+from cri.runtime import infra, namespaces, pod_resources, podfiles
 from cri.runtime.events import EventBus, Kind
-from cri.runtime.oci import OciRuntime
+from cri.runtime.handlers import Handlers
+from cri.runtime.lifecycle import Lifecycle, Steps
+from cri.runtime.pod_config import bandwidth as bandwidth
+from cri.runtime.pod_config import host_network as host_network
+from cri.runtime.pod_config import ns_options, pod_network
+from cri.runtime.pod_config import pod_hostname as pod_hostname
+from cri.runtime.pod_config import reserved_name as reserved_name
+from cri.runtime.pod_config import validate as validate
 from cri.runtime.portforward import forward
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State, new_id
 from cri.runtime.stdio import Duplex
+from cri.runtime.system import System
 from cri.store import Store
 
 log = logging.getLogger(__name__)
-
-HOST_NAME_MAX = 64
-_PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 
 ContainerHook = Callable[[Sandbox], Awaitable[None]]
 
@@ -45,134 +50,28 @@ async def _no_containers(sb: Sandbox) -> None:
     return None
 
 
-def reserved_name(meta: pb.PodSandboxMetadata) -> str:
-    return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
-
-
-def _ns_options(config: pb.PodSandboxConfig) -> pb.NamespaceOption:
-    return config.linux.security_context.namespace_options
-
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}  # fmt: skip
-# the bandwidth plugin's burst when kubelet gives only a rate (what containerd and CRI-O pass)
-_BURST = 2**31 - 1
-
-
-def bandwidth(annotations: Mapping[str, str]) -> dict[str, int] | None:
-    """The CNI ``bandwidth`` runtimeConfig from kubelet's pod annotations
-    ``kubernetes.io/ingress-bandwidth`` and ``kubernetes.io/egress-bandwidth``
-    (Kubernetes quantities, bits per second)."""
-    out: dict[str, int] = {}
-    for direction in ("ingress", "egress"):
-        text = annotations.get(f"kubernetes.io/{direction}-bandwidth")
-        if not text:
-            continue
-        m = _QUANTITY.match(text.strip())
-        if not m:
-            raise InvalidArgument(f"annotation kubernetes.io/{direction}-bandwidth: {text!r} is not a quantity")
-        out[f"{direction}Rate"] = int(float(m.group(1)) * _SUFFIX[m.group(2) or ""])
-        out[f"{direction}Burst"] = _BURST
-    return out or None
-
-
-def pod_hostname(config: pb.PodSandboxConfig) -> str:
-    """The pod's hostname; the node's when the config has none, as containerd does."""
-    return config.hostname or socket.gethostname()
-
-
-def host_network(config: pb.PodSandboxConfig) -> bool:
-    return _ns_options(config).network == pb.NODE
-
-
-def validate(config: pb.PodSandboxConfig) -> None:
-    meta = config.metadata
-    missing = [f for f in ("name", "uid", "namespace") if not getattr(meta, f)]
-    if missing:
-        raise InvalidArgument(f"pod sandbox metadata lacks {', '.join(missing)}")
-    bandwidth(config.annotations)
-    if len(config.hostname.encode()) > HOST_NAME_MAX:
-        raise InvalidArgument(f"hostname {config.hostname!r} is longer than {HOST_NAME_MAX} bytes")
-    opts = _ns_options(config)
-    if opts.network not in (pb.POD, pb.NODE):
-        raise InvalidArgument("pod network namespace must be POD or NODE")
-    if opts.pid not in (pb.POD, pb.CONTAINER, pb.NODE):
-        raise InvalidArgument("pod PID namespace must be POD, CONTAINER or NODE")
-    own = {"uts", "net"} if opts.network != pb.NODE else set()
-    if opts.ipc != pb.NODE:
-        own.add("ipc")
-    for key in config.linux.sysctls:
-        ns = namespaces.sysctl_namespace(key)
-        if ns not in own:
-            raise InvalidArgument(f"sysctl {key!r} needs the pod's own {ns} namespace, but the pod uses the host's")
-        namespaces.sysctl_path(key)
-
-
-async def drain_tasks(tasks: "list[asyncio.Task[str]]", seconds: float) -> None:
-    """Wait for work in flight; cancel what is still running after ``seconds`` and wait for its undo."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=seconds)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.wait(pending)
-
-
-class _Steps:
-    """Runs teardown steps to the end, logging failures and keeping the first."""
-
-    def __init__(self, sb: Sandbox) -> None:
-        self.sb = sb
-        self.first: BaseException | None = None
-
-    def _failed(self, what: str, exc: Exception) -> bool:
-        log.warning("pod teardown step failed", extra=fields(id=self.sb.id, step=what, error=str(exc)))
-        self.first = self.first or exc
-        return False
-
-    async def run(self, what: str, work: Awaitable[object]) -> bool:
-        try:
-            await work
-        except Exception as exc:
-            return self._failed(what, exc)
-        return True
-
-    def call(self, what: str, fn: Callable[..., object], *args: object) -> bool:
-        try:
-            fn(*args)
-        except Exception as exc:
-            return self._failed(what, exc)
-        return True
-
-    def raise_first(self) -> None:
-        if self.first is not None:
-            raise self.first
-
-
 class Pods:
-    def __init__(self, config: Config, store: Store, cni: CniManager, events: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        cni: CniManager,
+        handlers: Handlers,
+        events: EventBus | None = None,
+        system: System | None = None,
+    ) -> None:
         self.config = config
         self.cni = cni
+        self.handlers = handlers
+        self.system = system if system is not None else System()
         self.events = events if events is not None else EventBus()
         self.store = SandboxStore(store)
-        self._tasks: dict[str, asyncio.Task[str]] = {}  # reserved name -> RunPodSandbox work
-        self._locks: dict[str, asyncio.Lock] = {}
-        # installed by the containers layer: stop / remove every container of a pod
+        self.life = Lifecycle(self.store)
+        # stop / remove every container of a pod: the daemon wires in Containers.stop_all / remove_all
         self.stop_containers: ContainerHook = _no_containers
         self.remove_containers: ContainerHook = _no_containers
 
     # --- helpers -----------------------------------------------------------------
-
-    def runtime(self, handler: str) -> OciRuntime:
-        name = handler or self.config.runtime.default_handler
-        h = self.config.runtime.handlers.get(name)
-        if h is None:
-            raise NotFound(
-                f"no runtime handler {name!r} is configured (known: {', '.join(self.config.runtime.handlers)})"
-            )
-        return OciRuntime(name, h.binary, self.config.handler_root(name))
 
     def files_dir(self, sb: Sandbox) -> str:
         return os.path.join(self.config.root_dir, "sandboxes", sb.id)
@@ -184,9 +83,6 @@ class Pods:
         """Cgroup directories crid made that pods other than ``other_than`` still list."""
         return {d for s in self.store.by_id.values() if s is not other_than for d in s.cgroups}
 
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
-
     @staticmethod
     async def _ns(fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(namespaces.EXECUTOR, fn, *args)
@@ -195,18 +91,14 @@ class Pods:
 
     async def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
         validate(config)
-        self.runtime(handler)
+        self.handlers.runtime(handler)
         name = reserved_name(config.metadata)
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + handler.encode()).hexdigest()
-        existing = self.store.by_name.get(name)
-        if existing is not None:
-            sb = self.store.by_id[existing]
-            if sb.fingerprint != fingerprint:
-                raise AlreadyExists(f"pod sandbox name {name!r} is already reserved for sandbox {sb.id}")
-            task = self._tasks.get(name)
-            if task is not None:  # a retry after the client's deadline: join the work in progress
-                return await asyncio.shield(task)
-            return sb.id
+        joined = await self.life.reserve(
+            name, fingerprint, lambda sb: f"pod sandbox name {name!r} is already reserved for sandbox {sb.id}"
+        )
+        if joined is not None:
+            return joined
         sb = Sandbox(
             id=new_id(),
             name=name,
@@ -218,32 +110,27 @@ class Pods:
         )
         self.store.add(sb)
         faults.step("RunPodSandbox.recorded")
-        task = asyncio.ensure_future(self._create(sb))
-        self._tasks[name] = task
-        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)
-        return await asyncio.shield(task)
+        return await self.life.launch(name, self._create(sb))
 
     async def _create(self, sb: Sandbox) -> str:
-        config = sb.config
-        opts = _ns_options(config)
         started = time.monotonic()
-        try:
-            async with self._lock(sb.id):
-                await self._setup(sb, config, opts)
-                sb.state = State.READY
-                self.store.save(sb)
-                faults.step("RunPodSandbox.ready_recorded")
-                self.events.publish(Kind.CREATED, sb)
-                self.events.publish(Kind.STARTED, sb)
-        except BaseException as exc:
-            log.info("pod sandbox failed, undoing", extra=fields(id=sb.id, name=sb.name, error=str(exc)))
-            await self._undo(sb)
-            raise
+        await self.life.attempt(sb.id, lambda: self._make(sb), lambda exc: self._failed(sb, exc))
         log.info(
             "pod sandbox ready",
             extra=fields(id=sb.id, name=sb.name, ips=sb.ips, seconds=round(time.monotonic() - started, 4)),
         )
         return sb.id
+
+    async def _make(self, sb: Sandbox) -> None:
+        await self._setup(sb, sb.config, ns_options(sb.config))
+        self.store.update(sb, state=State.READY)
+        faults.step("RunPodSandbox.ready_recorded")
+        self.events.publish(Kind.CREATED, sb)
+        self.events.publish(Kind.STARTED, sb)
+
+    async def _failed(self, sb: Sandbox, exc: BaseException) -> None:
+        log.info("pod sandbox failed, undoing", extra=fields(id=sb.id, name=sb.name, error=str(exc)))
+        await self._undo(sb)
 
     async def _undo(self, sb: Sandbox) -> None:
         """Undo a pod that could not be made. If that fails too, the record stays
@@ -252,8 +139,7 @@ class Pods:
             await self._release(sb, final=True)
         except Exception as exc:
             log.warning("pod sandbox undo incomplete; kept for removal", extra=fields(id=sb.id, error=str(exc)))
-            sb.state = State.NOTREADY
-            self.store.save(sb)
+            self.store.update(sb, state=State.NOTREADY)
             return
         self.store.delete(sb)
 
@@ -263,25 +149,26 @@ class Pods:
         os.makedirs(state, mode=0o711, exist_ok=True)
         hostnet = opts.network == pb.NODE
         if config.linux.cgroup_parent:
-            sb.cgroups = cgroups.planned(config.linux.cgroup_parent, self._cgroups_in_use(sb))
-            self.store.save(sb)  # before making them, as the namespaces below: recovery removes them if we die midway
+            # recorded before they are made, as the namespaces below: recovery removes them if we die midway
+            planned = self.system.plan_cgroups(config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            self.store.update(sb, cgroups=planned)
             faults.step("RunPodSandbox.cgroups_planned")
-            sb.cgroups = await asyncio.to_thread(cgroups.ensure, config.linux.cgroup_parent, self._cgroups_in_use(sb))
+            in_use = self._cgroups_in_use(sb)
+            made = await asyncio.to_thread(self.system.ensure_cgroups, config.linux.cgroup_parent, in_use)
             faults.step("RunPodSandbox.cgroups_made")
-            self.store.save(sb)
+            self.store.update(sb, cgroups=made)
             faults.step("RunPodSandbox.cgroups_recorded")
         kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
         hostname = pod_hostname(config)
-        sb.namespaces = {k: os.path.join(state, k) for k in kinds}
-        self.store.save(sb)  # before creating: recovery unmounts these paths if we die midway
+        # before creating: recovery unmounts these paths if we die midway
+        self.store.update(sb, namespaces={k: os.path.join(state, k) for k in kinds})
         faults.step("RunPodSandbox.namespaces_recorded")
-        await self._ns(namespaces.create, state, kinds, hostname)
+        await self._ns(self.system.create_namespaces, state, kinds, hostname)
         faults.step("RunPodSandbox.namespaces_made")
         if opts.ipc != pb.NODE:
-            sb.shm = os.path.join(state, "shm")
-            self.store.save(sb)
+            self.store.update(sb, shm=os.path.join(state, "shm"))
             faults.step("RunPodSandbox.shm_recorded")
-            podfiles.mount_shm(sb.shm)
+            self.system.mount_shm(sb.shm)
             faults.step("RunPodSandbox.shm_mounted")
         # the network and the infra process only share the pinned namespaces: set them up side by side
         results = await asyncio.gather(
@@ -291,64 +178,37 @@ class Pods:
             if isinstance(result, BaseException):
                 raise result
         if config.linux.sysctls:  # after CNI: per-interface keys need eth0
-            await self._ns(namespaces.apply_sysctls, sb.namespaces, dict(config.linux.sysctls))
+            await self._ns(self.system.apply_sysctls, sb.namespaces, dict(config.linux.sysctls))
         dns = None
         if config.HasField("dns_config"):
             d = config.dns_config
             dns = podfiles.DnsConfig(tuple(d.servers), tuple(d.searches), tuple(d.options))
-        await asyncio.to_thread(podfiles.write_pod_files, files, hostname, sb.ips, dns, hostnet)
+        await asyncio.to_thread(self.system.write_pod_files, files, hostname, sb.ips, dns, hostnet)
 
     async def _setup_network(self, sb: Sandbox, hostnet: bool) -> None:
         if hostnet:
             return
-        sb.network_added = True
-        self.store.save(sb)
+        self.store.update(sb, network_added=True)
         faults.step("RunPodSandbox.network_recorded")
-        result = await self.cni.setup(self._pod_network(sb))
+        result = await self.cni.setup(pod_network(sb))
         faults.step("RunPodSandbox.cni_result_cached")
-        sb.ips = list(result.ips)
-        self.store.save(sb)
+        self.store.update(sb, ips=list(result.ips))
         faults.step("RunPodSandbox.ips_recorded")
 
     async def _start_infra(self, sb: Sandbox, opts: pb.NamespaceOption) -> None:
         if opts.pid != pb.POD:
             return
-        runtime = self.runtime(sb.handler)
-        rootfs = infra.ensure_rootfs(self.config.root_dir)
+        runtime = self.handlers.runtime(sb.handler)
+        rootfs = self.system.infra_rootfs(self.config.root_dir)
         cg = sb.config.linux.cgroup_parent.rstrip("/")
         cgroups_path = f"{cg}/{infra.infra_id(sb.id)}" if cg else ""
-        sb.infra_pid = -1  # marks "infra may exist" for recovery
-        self.store.save(sb)
+        self.store.update(sb, infra_pid=-1)  # marks "infra may exist" for recovery
         faults.step("RunPodSandbox.infra_recorded")
         bundle = os.path.join(self.state_dir(sb), "infra")
         pid = await infra.start(runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path)
         faults.step("RunPodSandbox.infra_started")
-        sb.infra_pid, sb.infra_start = pid, procs.start_time(pid)
-        self.store.save(sb)
+        self.store.update(sb, infra_pid=pid, infra_start=self.system.start_time(pid))
         faults.step("RunPodSandbox.infra_pid_recorded")
-
-    def _pod_network(self, sb: Sandbox) -> PodNetwork:
-        meta = sb.config.metadata
-        ports = tuple(
-            PortMapping(_PROTOCOLS.get(p.protocol, "tcp"), p.container_port, p.host_port, p.host_ip)
-            for p in sb.config.port_mappings
-            if p.host_port > 0
-        )
-        dns = None
-        if sb.config.HasField("dns_config"):
-            d = sb.config.dns_config
-            dns = {"servers": list(d.servers), "searches": list(d.searches), "options": list(d.options)}
-        return PodNetwork(
-            id=sb.id,
-            netns=sb.namespaces["net"],
-            name=meta.name,
-            namespace=meta.namespace,
-            uid=meta.uid,
-            port_mappings=ports,
-            bandwidth=bandwidth(sb.config.annotations),
-            dns=dns,
-            cgroup_path=sb.config.linux.cgroup_parent,
-        )
 
     # --- teardown -------------------------------------------------------------------
 
@@ -357,36 +217,39 @@ class Pods:
 
         Every step runs even when an earlier one fails (a half-made pod has
         half of everything); the first error is raised at the end."""
-        steps = _Steps(sb)
+        steps = Steps(sb.id, "pod teardown step failed", log)
         await steps.run("stop containers", self.stop_containers(sb))
-        if sb.infra_pid and await steps.run("stop infra", infra.stop(self.runtime(sb.handler), infra.infra_id(sb.id))):
-            sb.infra_pid = 0
-            faults.step("StopPodSandbox.infra_deleted")
+        if sb.infra_pid:
+            stop_infra = infra.stop(self.handlers.runtime(sb.handler), infra.infra_id(sb.id))
+            if await steps.run("stop infra", stop_infra):
+                sb.infra_pid = 0
+                faults.step("StopPodSandbox.infra_deleted")
         if sb.network_added:
             netns = sb.namespaces.get("net")
-            teardown = self.cni.teardown(sb.id, netns if netns and namespaces.is_pinned(netns) else None)
+            teardown = self.cni.teardown(sb.id, netns if netns and self.system.is_pinned(netns) else None)
             if await steps.run("CNI DEL", teardown):
                 sb.network_added = False
                 faults.step("StopPodSandbox.network_removed")
-        if "net" in sb.namespaces and await steps.run("netns", self._ns(namespaces.remove, [sb.namespaces["net"]])):
+        remove_netns = self.system.remove_namespaces
+        if "net" in sb.namespaces and await steps.run("netns", self._ns(remove_netns, [sb.namespaces["net"]])):
             sb.namespaces.pop("net")
             faults.step("StopPodSandbox.netns_removed")
-        if sb.shm and steps.call("/dev/shm", podfiles.unmount, sb.shm):
+        if sb.shm and steps.call("/dev/shm", self.system.unmount, sb.shm):
             sb.shm = ""
             faults.step("StopPodSandbox.shm_unmounted")
         steps.raise_first()
 
     async def _release(self, sb: Sandbox, final: bool) -> None:
         """Undo everything of a pod (``final``: also its files and cgroups)."""
-        steps = _Steps(sb)
+        steps = Steps(sb.id, "pod teardown step failed", log)
         await steps.run("stop", self._stop_pod(sb))
         if final:
             await steps.run("remove containers", self.remove_containers(sb))
-            if await steps.run("namespaces", self._ns(namespaces.remove, list(sb.namespaces.values()))):
+            if await steps.run("namespaces", self._ns(self.system.remove_namespaces, list(sb.namespaces.values()))):
                 sb.namespaces = {}
                 faults.step("RemovePodSandbox.namespaces_removed")
             mine = [d for d in sb.cgroups if d not in self._cgroups_in_use(sb)]
-            if mine and await steps.run("cgroups", asyncio.to_thread(cgroups.remove, mine)):
+            if mine and await steps.run("cgroups", asyncio.to_thread(self.system.remove_cgroups, mine)):
                 sb.cgroups = []
                 faults.step("RemovePodSandbox.cgroups_removed")
             shutil.rmtree(self.state_dir(sb), ignore_errors=True)
@@ -398,16 +261,13 @@ class Pods:
         sb = self.store.find(sandbox_id)
         if sb is None:
             return
-        task = self._tasks.get(sb.name)
-        if task is not None:  # still being created: let that finish (or fail) first
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-        async with self._lock(sb.id):
+        await self.life.settle(sb.name)  # still being created: let that finish (or fail) first
+        async with self.life.locks.hold(sb.id):
             if sb.id not in self.store.by_id:
                 return
             ready = sb.state == State.READY
-            sb.state = State.NOTREADY  # recorded first: a stop cut short (a crash, a failed step) is not ready
-            self.store.save(sb)
+            # recorded first: a stop cut short (a crash, a failed step) is not ready
+            self.store.update(sb, state=State.NOTREADY)
             faults.step("StopPodSandbox.notready_recorded")
             try:
                 await self._stop_pod(sb)
@@ -423,11 +283,8 @@ class Pods:
         sb = self.store.find(sandbox_id)
         if sb is None:
             return
-        task = self._tasks.get(sb.name)
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-        async with self._lock(sb.id):
+        await self.life.settle(sb.name)
+        async with self.life.locks.hold(sb.id):
             if sb.id not in self.store.by_id:
                 return
             await self._release(sb, final=True)
@@ -437,10 +294,41 @@ class Pods:
             self.store.delete(sb)
             self.events.publish(Kind.DELETED, sb)
             faults.step("RemovePodSandbox.record_deleted")
-        self._locks.pop(sb.id, None)
         log.info("pod sandbox removed", extra=fields(id=sb.id, name=sb.name))
 
     # --- reads -------------------------------------------------------------------------
+
+    def ids(self) -> KeysView[str]:
+        """The ids of every pod record, a live view (what the server's list caches keep)."""
+        return self.store.by_id.keys()
+
+    def records(self) -> list[Sandbox]:
+        """Every pod record, copied in one step (the metrics scrape runs in another thread)."""
+        return list(self.store.by_id.values())
+
+    def network_status(self) -> Condition:
+        """NetworkReady: whether CNI has a usable config."""
+        return self.cni.status()
+
+    def network_result(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The pod's CNI result as the plugin gave it, None when it has none."""
+        r = self.cni.cached(sandbox_id)
+        return r.raw if r is not None else None
+
+    def update_pod_cidrs(self, cidrs: list[str]) -> None:
+        """The node's pod CIDRs from kubelet (UpdateRuntimeConfig)."""
+        self.cni.update_pod_cidrs(cidrs)
+
+    async def clear_partial_network_writes(self) -> None:
+        """At startup: CNI cache files a killed daemon left half written."""
+        await self.cni.clear_partial_writes()
+
+    def record_resources(
+        self, sb: Sandbox, overhead: pb.LinuxContainerResources, resources: pb.LinuxContainerResources
+    ) -> None:
+        """UpdatePodSandboxResources: the pod's new overhead and resources, written."""
+        pod_resources.record(sb, overhead, resources)
+        self.store.save(sb)
 
     def get(self, sandbox_id: str) -> Sandbox:
         sb = self.store.get(sandbox_id)
@@ -457,27 +345,14 @@ class Pods:
         await forward(None if hostnet else sb.namespaces["net"], port, stream)
 
     def list(self, filt: pb.PodSandboxFilter | None) -> list[Sandbox]:
-        out = []
-        for sb in self.store.by_id.values():
-            if sb.state == State.CREATING:
-                continue
-            if filt is not None:
-                if filt.id and not sb.id.startswith(filt.id):
-                    continue
-                if filt.HasField("state") and (filt.state.state == pb.SANDBOX_READY) != (sb.state == State.READY):
-                    continue
-                labels = sb.config.labels
-                if any(labels.get(k) != v for k, v in filt.label_selector.items()):
-                    continue
-            out.append(sb)
-        return out
+        return self.store.matching(filt)
 
     # --- recovery ------------------------------------------------------------------------
 
     async def drain(self, seconds: float) -> None:
         """At shutdown: let RunPodSandbox work in flight finish (or undo itself)
         before the store closes."""
-        await drain_tasks(list(self._tasks.values()), seconds)
+        await self.life.drain(seconds)
 
     async def recover(self) -> None:
         """After a restart: undo half-made pods; pods whose namespaces vanished
@@ -486,12 +361,11 @@ class Pods:
             if sb.state == State.CREATING:
                 log.info("cleaning up a pod sandbox a killed daemon left half made", extra=fields(id=sb.id))
                 await self._undo(sb)
-            elif sb.state == State.READY and not all(namespaces.is_pinned(p) for p in sb.namespaces.values()):
+            elif sb.state == State.READY and not all(self.system.is_pinned(p) for p in sb.namespaces.values()):
                 log.info("pod sandbox lost its namespaces; marking it not ready", extra=fields(id=sb.id))
                 with contextlib.suppress(Exception):
                     await self._stop_pod(sb)
-                sb.state = State.NOTREADY
-                self.store.save(sb)
+                self.store.update(sb, state=State.NOTREADY)
                 self.events.publish(Kind.STOPPED, sb)
         # networks cached for pods crid has no record of (a record lost with a failed undo): release them
         for pod_id in set(await self.cni.cached_pods()) - set(self.store.by_id):

@@ -2,7 +2,8 @@
 
 Both kinds share the shape ``(id, name, fingerprint, owner, state,
 created_at, config, data)``: the CRI config as protobuf bytes and the rest
-as JSON. Reads come from memory; every change is written to the store first.
+as JSON. Reads come from memory; a change is made with ``update`` (set the
+fields, write the row) before anything relies on it.
 """
 
 import json
@@ -81,6 +82,15 @@ class RecordTable(Generic[R]):
             db.execute(
                 f"UPDATE {self.table} SET state = ?, data = ? WHERE id = ?", (r.state_value, json.dumps(r.data()), r.id)
             )
+
+    def update(self, r: R, **changes: Any) -> None:
+        """Change fields of a record and write it, in one call (as containerd's UpdateSync)."""
+        unknown = [name for name in changes if not hasattr(r, name)]
+        if unknown:  # a typo must not half-change the record
+            raise AttributeError(f"{type(r).__name__} has no field {unknown[0]!r}")
+        for name, value in changes.items():
+            setattr(r, name, value)
+        self.save(r)
 
     def delete(self, r: R) -> None:
         with self.store.tx() as db:

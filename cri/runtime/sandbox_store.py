@@ -93,3 +93,20 @@ def _load(r: sqlite3.Row, data: dict[str, Any]) -> Sandbox:
 class SandboxStore(RecordTable[Sandbox]):
     def __init__(self, store: Store) -> None:
         super().__init__(store, "sandboxes", "handler", "pod sandbox", _load)
+
+    def matching(self, filt: pb.PodSandboxFilter | None) -> list[Sandbox]:
+        """Pods matching a ListPodSandbox filter (ids by prefix); those being created are never listed."""
+        out = []
+        for sb in self.by_id.values():
+            if sb.state == State.CREATING:
+                continue
+            if filt is not None:
+                if filt.id and not sb.id.startswith(filt.id):
+                    continue
+                if filt.HasField("state") and (filt.state.state == pb.SANDBOX_READY) != (sb.state == State.READY):
+                    continue
+                labels = sb.config.labels
+                if any(labels.get(k) != v for k, v in filt.label_selector.items()):
+                    continue
+            out.append(sb)
+        return out

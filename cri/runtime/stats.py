@@ -1,11 +1,14 @@
 """Container resource usage read from cgroups (v1, v2 or hybrid) and the
 container's writable layer, for ContainerStats and ListContainerStats."""
 
+import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cri.runtime.cgroups import CGROUP_ROOT
+from cri.runtime.container_store import Container
 
 UNLIMITED = 1 << 62  # v1 reports "no limit" as a huge page-aligned number
 
@@ -102,3 +105,33 @@ def read_usage(cgroup_path: str, upper: str, root: str = CGROUP_ROOT) -> Usage:
         writable_bytes=written,
         writable_inodes=inodes,
     )
+
+
+class UsageSampler:
+    """Container usage with CPU use in nanocores since each container's previous sample:
+    kubelet reports that figure as it is, so crid computes it."""
+
+    def __init__(self) -> None:
+        self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time, cpu ns) of the last sample
+
+    async def sample(
+        self, containers: list[Container], upper: Callable[[Container], str]
+    ) -> list[tuple[Container, Usage, int | None]]:
+        """``upper``: where a container's writable layer is."""
+
+        def read_all() -> list[Usage]:
+            return [read_usage(c.cgroups_path, upper(c)) for c in containers]
+
+        out = []
+        for c, usage in zip(containers, await asyncio.to_thread(read_all), strict=True):
+            nano_cores = None
+            previous = self._cpu_samples.get(c.id)
+            if usage.cpu_ns is not None:
+                if previous is not None and usage.timestamp > previous[0]:
+                    nano_cores = max(usage.cpu_ns - previous[1], 0) * 10**9 // (usage.timestamp - previous[0])
+                self._cpu_samples[c.id] = (usage.timestamp, usage.cpu_ns)
+            out.append((c, usage, nano_cores))
+        return out
+
+    def forget(self, cid: str) -> None:
+        self._cpu_samples.pop(cid, None)

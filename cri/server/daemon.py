@@ -50,6 +50,14 @@ def _watch_children_by_pidfd() -> None:
     asyncio.set_child_watcher(watcher)
 
 
+def wire(pods: Pods, images: Images, containers: Containers) -> None:
+    """The calls a lower layer makes into containers: a pod's stop and removal take its
+    containers with them, and image GC keeps the snapshots containers use."""
+    pods.stop_containers = containers.stop_all
+    pods.remove_containers = containers.remove_all
+    images.snapshots_in_use = containers.chains_in_use
+
+
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -83,7 +91,7 @@ class Daemon:
         await images.recover()
         await containers.handlers.probe()
         await containers.recover()
-        await pods.cni.clear_partial_writes()
+        await pods.clear_partial_network_writes()
         containers.trash.recover()  # in the background: nothing waits for old directories to go
         await pods.recover()
         await images.gc()  # blobs and snapshots of a pull cut short, which no image holds
@@ -101,8 +109,10 @@ class Daemon:
         store = Store(cfg.root_dir)
         images = Images(cfg, store)
         cni = CniManager(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root_dir, "cni", "results"))
-        pods = Pods(cfg, store, cni, self.events)
-        containers = Containers(cfg, store, pods, images, Handlers(cfg), self.events)
+        handlers = Handlers(cfg)
+        pods = Pods(cfg, store, cni, handlers, self.events)
+        containers = Containers(cfg, store, pods, images, handlers, self.events)
+        wire(pods, images, containers)
         STATE.attach(cfg, self.gate, pods, containers)
         try:
             return await self._serve(images, pods, containers)

@@ -92,10 +92,10 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         self._status: tuple[object, bytes] | None = None  # the last non-verbose Status reply and what it shows
 
     def _pods_listed(self, found: Sequence[Sandbox]) -> bytes:
-        return self._pod_listing.reply(found, self.pods.store.by_id)
+        return self._pod_listing.reply(found, self.pods.ids())
 
     def _containers_listed(self, found: Sequence[Container]) -> bytes:
-        return self._container_listing.reply(found, self.containers.store.by_id)
+        return self._container_listing.reply(found, self.containers.ids())
 
     async def Version(self, request: pb.VersionRequest, context: Any) -> bytes:
         return _VERSION
@@ -103,7 +103,7 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse | bytes:
         # the checks run on every call (a binary or a CNI config may come or go at any time);
         # the reply is built again only when their outcome changed
-        runtime, network = handlers.runtime_condition(self.config), self.pods.cni.status()
+        runtime, network = handlers.runtime_condition(self.config), self.pods.network_status()
         key = (runtime, network, tuple(self.containers.handlers.features.items()))
         if not request.verbose and self._status is not None and self._status[0] == key:
             return self._status[1]
@@ -142,7 +142,7 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         # kubelet sends the node's pod CIDR(s), comma separated for dual stack
         cidr = request.runtime_config.network_config.pod_cidr
         if cidr:
-            self.pods.cni.update_pod_cidrs([c.strip() for c in cidr.split(",") if c.strip()])
+            self.pods.update_pod_cidrs([c.strip() for c in cidr.split(",") if c.strip()])
         return pb.UpdateRuntimeConfigResponse()
 
     # --- pod sandboxes -------------------------------------------------------------
@@ -179,7 +179,7 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
                     "netnsPath": sb.namespaces.get("net", ""),
                     "infraPid": sb.infra_pid,
                     "cgroupsCreated": sb.cgroups,
-                    "cniResult": (r.raw if (r := self.pods.cni.cached(sb.id)) is not None else None),
+                    "cniResult": self.pods.network_result(sb.id),
                     "runtimeHandler": sb.handler,
                     "podResources": pod_resources.describe(sb),
                 }

@@ -66,15 +66,15 @@ class StateCollector(Collector):
         containers, pods, conditions = self._families()
         d = self._daemon
         if d is not None:
-            c_states = [c.state.value for c in list(d.containers.store.by_id.values())]
-            p_states = [p.state.value for p in list(d.pods.store.by_id.values())]
+            c_states = [c.state.value for c in d.containers.records()]
+            p_states = [p.state.value for p in d.pods.records()]
             for state, n in _count((s.value for s in ContainerState), c_states).items():
                 containers.add_metric([state], n)
             for state, n in _count((s.value for s in PodState), p_states).items():
                 pods.add_metric([state], n)
             runtime_ready = d.gate.open and handlers.runtime_condition(d.config).ready
             conditions.add_metric(["RuntimeReady"], int(runtime_ready))
-            conditions.add_metric(["NetworkReady"], int(d.pods.cni.status().ready))
+            conditions.add_metric(["NetworkReady"], int(d.pods.network_status().ready))
         yield containers
         yield pods
         yield conditions

@@ -209,8 +209,7 @@ class StatsServicer:
         sb = self.pods.get(request.pod_sandbox_id)
         if sb.state != State.READY:
             raise FailedPrecondition(f"pod sandbox {sb.id} is not ready")
-        pod_resources.record(sb, request.overhead, request.resources)
-        self.pods.store.save(sb)
+        self.pods.record_resources(sb, request.overhead, request.resources)
         try:
             written = await asyncio.to_thread(pod_resources.apply, sb)
         except OSError as exc:  # e.g. a memory limit below what the pod uses (v1: EBUSY)

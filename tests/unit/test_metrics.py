@@ -169,10 +169,19 @@ class FakePods:
         self.store = FakeStore({"p1": Rec(PState.READY), "p2": Rec(PState.NOTREADY), "p3": Rec(PState.READY)})
         self.cni = FakeCni()
 
+    def records(self) -> list[Rec]:
+        return list(self.store.by_id.values())
+
+    def network_status(self) -> Condition:
+        return self.cni.status()
+
 
 class FakeContainers:
     def __init__(self) -> None:
         self.store = FakeStore({"c1": Rec(CState.RUNNING), "c2": Rec(CState.EXITED), "c3": Rec(CState.RUNNING)})
+
+    def records(self) -> list[Rec]:
+        return list(self.store.by_id.values())
 
 
 def state_samples(c: StateCollector) -> dict[tuple[str, str], float]:
