@@ -3,11 +3,11 @@ an index, and a manifest's layers with their diff and chain ids."""
 
 import hashlib
 import json
-import platform
 from dataclasses import dataclass
 from typing import Any
 
 from cri.errors import FailedPrecondition, NotFound
+from cri.host import HOST
 from cri.images import mediatypes as mt
 from cri.images.reference import SHA256_RE
 
@@ -23,7 +23,7 @@ class Layer:
 
 def host_platform() -> tuple[str, str, str]:
     """(os, architecture, variant) in OCI terms."""
-    machine = platform.machine().lower()
+    machine = HOST.machine().lower()
     arch, variant = {
         "x86_64": ("amd64", ""),
         "amd64": ("amd64", ""),

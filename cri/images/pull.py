@@ -31,7 +31,6 @@ from __future__ import annotations  # aiohttp and the registry client are import
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
@@ -44,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from cri import faults
 from cri.config import Config
 from cri.errors import FailedPrecondition, Unavailable
+from cri.host import HOST
 from cri.images import mediatypes as mt
 from cri.images.auth import Credentials, TokenCache
 from cri.images.content import ContentStore, verify_bytes
@@ -78,7 +78,6 @@ T = TypeVar("T")
 CONFIG_MAX_BYTES = 8 * 1024 * 1024
 # layers unpacked from the content store at once (those of a download are bounded by the downloads)
 UNPACK_THREADS = max(2, os.cpu_count() or 1)
-_LIBC = ctypes.CDLL(None)
 
 
 class Puller:
@@ -157,7 +156,7 @@ class Puller:
             if outcome != "success":
                 await self._gc()
             if not self._pinned:  # the last pull is done: give its buffers' memory back to the system
-                await asyncio.to_thread(_LIBC.malloc_trim, 0)
+                await asyncio.to_thread(HOST.malloc_trim)
                 if not self._pinned:
                     self._idle.set()
             log.info(

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cri.host import MOUNTINFO
 from cri.runtime.cgroups import CGROUP_ROOT
 from cri.runtime.stats import UNLIMITED
 
 SYS = "/sys"
-MOUNTINFO = "/proc/self/mountinfo"
 
 
 @dataclass(frozen=True)
