@@ -12,12 +12,12 @@ from __future__ import annotations  # the registry client is imported at the fir
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cri.errors import FailedPrecondition
 from cri.images import mediatypes as mt
 from cri.images.content import ContentStore, verify_bytes
-from cri.images.manifest import Layer, descriptor, json_object, layers_of, pick_platform
+from cri.images.manifest import ImageConfig, Layer, descriptor, image_config, json_object, layers_of, pick_platform
 from cri.images.pull_metrics import DOWNLOADED_BYTES, SKIPPED_BYTES, Progress
 from cri.images.reference import Reference
 
@@ -37,7 +37,7 @@ class Resolved:
     config_digest: str  # the image id
     config_size: int
     config_body: bytes
-    config: dict[str, Any]
+    config: ImageConfig
     layers: list[Layer]
 
     @property
@@ -102,7 +102,7 @@ async def resolve(repo: Repository, ref: Reference, content: ContentStore, progr
         DOWNLOADED_BYTES.inc(len(config_body))
     progress.tick(len(config_body))
     verify_bytes(config_body, config_digest, config_size, "config")
-    config = json_object(config_body, f"config {config_digest}")
+    config = image_config(config_body, f"config {config_digest}")
     layers = layers_of(doc, config, str(ref))
     return Resolved(
         top_digest=top_digest,
