@@ -38,6 +38,7 @@ from tests.support import oci_build as ob
 from tests.support.corpus.tools import Tools, missing_tools
 from tests.support.critest_images import CRI_TOOLS, HTTPD_IMAGE, split_reference
 from tests.support.registry import Registry
+from tests.support.registry_client import RegistryClient
 
 TOOLS = ("umoci", "skopeo", "tar", "unshare")
 ZSTD_NAMES = (HTTPD_IMAGE, f"{CRI_TOOLS}/test-image-user-uid:latest")  # one tag in their repository each
@@ -344,7 +345,7 @@ def skopeo_args(push: Push, layout: Path, registry_host: str) -> list[str]:
     return [*args, f"oci:{layout}:{push.tag}", f"docker://{registry_host}/{repo}:{tag}"]
 
 
-def resolve(client: ob.RegistryClient, ref: str) -> Pushed:
+def resolve(client: RegistryClient, ref: str) -> Pushed:
     _, repo, tag = split_reference(ref)
     resp = client.get_manifest(repo, tag)
     top = json.loads(resp.body)

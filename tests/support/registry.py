@@ -36,7 +36,8 @@ from typing import Any, Literal, Self
 
 from tests.support.certs import SERVER_HOSTS, CertPair, make_ca, make_client_cert, make_server_cert
 from tests.support.daemon import deep_merge
-from tests.support.oci_build import RegistryClient, Target
+from tests.support.oci_build import Target
+from tests.support.registry_client import RegistryClient
 from tests.support.token_server import TokenServer
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
