@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,6 +53,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def start_on_a_free_port(start_once: Callable[[], bool], stop: Callable[[], None], failure: Callable[[], str]) -> None:
+    """A server started on a free port: ``start_once`` tries one and answers False when another
+    process took it meanwhile; five tries, then RuntimeError(``failure()``). ``stop`` undoes a failure."""
+    try:
+        for _ in range(5):
+            if start_once():
+                return
+        raise RuntimeError(failure())
+    except BaseException:
+        stop()
+        raise
 
 
 # gorilla/handlers combined log: host ident user [time] "METHOD URI PROTO" status size "referer" "agent"
@@ -255,14 +268,10 @@ class Registry:
     def start(self) -> Self:
         if self.token_server is not None and not self.token_server.running:
             self.token_server.start()
-        try:
-            for _ in range(5):
-                if self._start_once():
-                    return self
-            raise RuntimeError(f"docker-registry could not get a free port:\n{self.log_text()}")
-        except BaseException:
-            self.stop()
-            raise
+        start_on_a_free_port(
+            self._start_once, self.stop, lambda: f"docker-registry could not get a free port:\n{self.log_text()}"
+        )
+        return self
 
     def _start_once(self) -> bool:
         """One attempt; False when the port was taken meanwhile."""
