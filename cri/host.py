@@ -246,6 +246,12 @@ def unified_cgroup(root: str) -> bool:
     return os.path.exists(os.path.join(root, "cgroup.controllers"))
 
 
+def v1_memory_cgroup(root: str) -> bool:
+    """Whether the cgroup tree at ``root`` has a v1 memory hierarchy (v1 or hybrid):
+    a cgroup's usage is then read from the v1 controllers."""
+    return os.path.isdir(os.path.join(root, "memory"))
+
+
 def _opt(text: str | None) -> bytes | None:
     return None if text is None else text.encode()
 
