@@ -24,7 +24,7 @@ from typing import Any, Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.registry import free_port, start_on_a_free_port
+from tests.support.daemon import free_port, start_on_a_free_port
 
 PROMETHEUS_BINARY = "/usr/bin/prometheus"
 PROMTOOL_BINARY = "/usr/bin/promtool"

@@ -28,14 +28,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from tests.support.certs import SERVER_HOSTS, CertPair, make_ca, make_client_cert, make_server_cert
-from tests.support.daemon import deep_merge
+from tests.support.daemon import deep_merge, free_port, start_on_a_free_port
 from tests.support.oci_build import Target
 from tests.support.registry_client import RegistryClient
 from tests.support.token_server import TokenServer
@@ -46,26 +46,6 @@ STARTUP_TIMEOUT = 20.0
 DEFAULT_USERS = {"crid": "crid-secret"}
 
 AuthMode = Literal["none", "basic", "token"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start_on_a_free_port(start_once: Callable[[], bool], stop: Callable[[], None], failure: Callable[[], str]) -> None:
-    """A server started on a free port: ``start_once`` tries one and answers False when another
-    process took it meanwhile; five tries, then RuntimeError(``failure()``). ``stop`` undoes a failure."""
-    try:
-        for _ in range(5):
-            if start_once():
-                return
-        raise RuntimeError(failure())
-    except BaseException:
-        stop()
-        raise
 
 
 # gorilla/handlers combined log: host ident user [time] "METHOD URI PROTO" status size "referer" "agent"
