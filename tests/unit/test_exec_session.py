@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -294,12 +294,11 @@ async def test_tty_stdin_eof_is_ctrl_d(fake: tuple[OciRuntime, Path]) -> None:
     await tty_stdin_eof(fake[0], "cid", fake[1])
 
 
-async def tty_client_gone(runtime: OciRuntime, cid: str, bundle: Path) -> None:
+async def client_gone(runtime: OciRuntime, cid: str, bundle: Path, stdio: Callable[[Collect], Stdio]) -> None:
+    """``yes`` whose client (``stdio`` around its output stream) stops reading, then goes away."""
     out = Collect()
     out.stall.clear()
-    task = asyncio.ensure_future(
-        run_exec(runtime, cid, str(bundle), ["yes"], Stdio(stdin=Feed(), stdout=out, tty=True))
-    )
+    task = asyncio.ensure_future(run_exec(runtime, cid, str(bundle), ["yes"], stdio(out)))
     pid = await pid_of_exec(bundle)
     out.fail_after = 0
     out.stall.set()
@@ -309,7 +308,7 @@ async def tty_client_gone(runtime: OciRuntime, cid: str, bundle: Path) -> None:
 
 
 async def test_tty_client_gone(fake: tuple[OciRuntime, Path]) -> None:
-    await tty_client_gone(fake[0], "cid", fake[1])
+    await client_gone(fake[0], "cid", fake[1], lambda out: Stdio(stdin=Feed(), stdout=out, tty=True))
 
 
 async def test_tty_cancelled(fake: tuple[OciRuntime, Path]) -> None:
@@ -397,17 +396,8 @@ async def test_runc_tty_stdin_eof(container: tuple[OciRuntime, str, Path]) -> No
 
 
 async def test_runc_client_gone(container: tuple[OciRuntime, str, Path]) -> None:
-    runtime, cid, bundle = container
-    out = Collect()
-    out.stall.clear()
-    task = asyncio.ensure_future(run_exec(runtime, cid, str(bundle), ["yes"], Stdio(stdout=out, stderr=Collect())))
-    pid = await pid_of_exec(bundle)
-    out.fail_after = 0
-    out.stall.set()
-    with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(task, TIMEOUT)
-    assert gone(pid)
+    await client_gone(*container, lambda out: Stdio(stdout=out, stderr=Collect()))
 
 
 async def test_runc_tty_client_gone(container: tuple[OciRuntime, str, Path]) -> None:
-    await tty_client_gone(*container)
+    await client_gone(*container, lambda out: Stdio(stdin=Feed(), stdout=out, tty=True))
