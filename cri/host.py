@@ -1,24 +1,37 @@
-"""Facts about the host crid runs on, read from /proc and /sys.
+"""The host crid runs on: its facts (from /proc, /sys, uname) and its libc.
 
-Domain code asks the one object ``HOST`` instead of reading kernel files
-itself, so that a test replaces a single fact on a single object
-(``monkeypatch.setattr(HOST, "cgroup_v2", lambda: False)``) rather than the
-globals of every module that asks. The paths it reads are attributes too, for
-tests that rather hand it a fake file (``HOST.mountinfo``).
+Domain code asks the one object ``HOST`` instead of reading kernel files or
+calling libc itself, so that a test replaces a single fact or call on a single
+object (``monkeypatch.setattr(HOST, "cgroup_v2", lambda: False)``) rather than
+the globals of every module that asks. The paths it reads are attributes too,
+for tests that rather hand it a fake file (``HOST.mountinfo``), and so is the
+libc handle (``HOST.libc``), for a fake that records calls.
 
-Today it answers what the OCI spec builder needs: the cgroup mode and
-controllers, the capabilities the kernel knows and crid holds, the mount
-table, the node name. It is meant to grow into crid's whole host facade
-(mount, umount, setns, inotify, ...): add a method here rather than a new
-module global elsewhere.
+It answers the cgroup mode and controllers, the capabilities the kernel knows
+and crid holds, the mount table, the kernel version, the machine and node
+name; and it makes the libc calls Python's os module lacks (mount, umount2,
+setns, unshare, inotify, sync_file_range, malloc_trim, mallopt), each checked
+against errno and raised as OSError. Add a method here rather than a new
+``ctypes.CDLL`` or module global elsewhere.
 
 Nothing is cached: the mount table and cgroups change while crid runs, and a
 stat or a small read per container creation is cheap.
 """
 
+import ctypes
+import errno
 import os
+import platform
 import re
 import socket
+from typing import Any
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+MOUNTINFO = "/proc/self/mountinfo"
+MNT_DETACH = 2  # umount2: lazily, a process may still use the mount
+_SYNC_FILE_RANGE_WRITE = 2  # start the write-out of the range's dirty pages, do not wait for it
+# crid's one libc handle; use_errno: ctypes keeps each thread's errno for get_errno
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 # Linux capability names by number (include/uapi/linux/capability.h): what
 # cap_last_cap and the CapPrm bit mask are decoded with
@@ -71,17 +84,18 @@ class Host:
     """The host's facts, one method each; the attributes are the files read."""
 
     def __init__(self) -> None:
-        self.cgroup_root = "/sys/fs/cgroup"
-        self.mountinfo = "/proc/self/mountinfo"
+        self.cgroup_root = CGROUP_ROOT
+        self.mountinfo = MOUNTINFO
         self.self_cgroup = "/proc/self/cgroup"
         self.self_status = "/proc/self/status"
         self.cap_last_cap = "/proc/sys/kernel/cap_last_cap"
+        self.libc: Any = _LIBC
 
     # ------------------------------------------------------------ cgroups
 
     def cgroup_v2(self) -> bool:
         """A pure cgroup v2 host (what containerd calls unified mode)."""
-        return os.path.exists(os.path.join(self.cgroup_root, "cgroup.controllers"))
+        return unified_cgroup(self.cgroup_root)
 
     def swap_available(self) -> bool:
         """containerd's SwapControllerAvailable: without it, no swap limit is set."""
@@ -164,6 +178,82 @@ class Host:
 
     def node_name(self) -> str:
         return socket.gethostname()
+
+    def machine(self) -> str:
+        """uname's machine (x86_64, aarch64, ...)."""
+        return platform.machine()
+
+    def kernel_version(self) -> tuple[int, int]:
+        """(major, minor) of the running kernel; (0, 0) where uname says no numbers."""
+        numbers = [int(n) for n in re.findall(r"\d+", os.uname().release)[:2]]
+        numbers += [0] * (2 - len(numbers))
+        return numbers[0], numbers[1]
+
+    # ------------------------------------------------------------ libc
+
+    def _check(self, result: int, what: str) -> int:
+        """libc's -1 as OSError(errno, "<what>: <strerror>")."""
+        if result < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+        return result
+
+    def mount(
+        self, source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None, what: str = ""
+    ) -> None:
+        """mount(2); the error reads "<what>: ...", by default "mount <fstype> on <target>: ..."."""
+        result = self.libc.mount(source.encode(), target.encode(), _opt(fstype), flags, _opt(data))
+        self._check(result, what or f"mount {fstype} on {target}")
+
+    def detach_mount(self, path: str) -> None:
+        """Unmount ``path`` lazily if it is a mount point; one that is not (EINVAL) or is
+        gone (ENOENT) is fine."""
+        if self.libc.umount2(path.encode(), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):
+                raise OSError(err, f"umount {path}: {os.strerror(err)}")
+
+    def setns(self, fd: int, nstype: int, what: str) -> None:
+        self._check(self.libc.setns(fd, nstype), what)
+
+    def unshare(self, flags: int) -> None:
+        self._check(self.libc.unshare(flags), "unshare")
+
+    def inotify_init1(self, flags: int) -> int:
+        return self._check(self.libc.inotify_init1(flags), "inotify_init1")
+
+    def inotify_add_watch(self, fd: int, path: str, mask: int) -> int:
+        return self._check(self.libc.inotify_add_watch(fd, path.encode(), mask), f"inotify_add_watch {path}")
+
+    def start_writeback(self, fd: int, offset: int, nbytes: int) -> None:
+        """Start writing a file range's dirty pages to disk, without waiting. Best effort,
+        errors ignored: the fsync that follows is what counts."""
+        self.libc.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(nbytes), _SYNC_FILE_RANGE_WRITE)
+
+    def malloc_trim(self) -> None:
+        """Give the free memory at the top of glibc's main arena back to the system. Blocking."""
+        self.libc.malloc_trim(0)
+
+    def mallopt(self, param: int, value: int) -> None:
+        """glibc's mallopt; a no-op outside glibc."""
+        fn = getattr(self.libc, "mallopt", None)
+        if fn is not None:
+            fn(param, value)
+
+
+def unified_cgroup(root: str) -> bool:
+    """Whether the cgroup tree at ``root`` is a pure v2 one."""
+    return os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+
+def v1_memory_cgroup(root: str) -> bool:
+    """Whether the cgroup tree at ``root`` has a v1 memory hierarchy (v1 or hybrid):
+    a cgroup's usage is then read from the v1 controllers."""
+    return os.path.isdir(os.path.join(root, "memory"))
+
+
+def _opt(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
 
 
 HOST = Host()

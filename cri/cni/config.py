@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Required, TypedDict, cast
 
 from cri.log import fields
 
@@ -36,10 +36,32 @@ def version_tuple(version: str) -> tuple[int, ...]:
         return (0,)
 
 
+class IpamObject(TypedDict, total=False):
+    type: str
+
+
+class PluginObject(TypedDict, total=False):
+    """A plugin's object as written in the file, the keys crid reads checked; the
+    others pass through to the plugin unread."""
+
+    type: Required[str]
+    ipam: IpamObject | None
+    capabilities: dict[str, bool]
+
+
+class ConfListObject(TypedDict, total=False):
+    """A network config list as written (a single-plugin conf wrapped), checked like ``PluginObject``."""
+
+    cniVersion: Required[str]
+    name: Required[str]
+    plugins: Required[list[PluginObject]]
+    disableCheck: bool | str
+
+
 @dataclass(frozen=True)
 class PluginConf:
     type: str
-    conf: dict[str, Any]  # the plugin's object as written in the file
+    conf: PluginObject  # the plugin's object as written in the file
     capabilities: frozenset[str]  # capabilities the plugin declares as true
 
     @property
@@ -57,7 +79,7 @@ class NetworkConfigList:
     plugins: tuple[PluginConf, ...]
     disable_check: bool
     source: str  # the file it was loaded from
-    raw: dict[str, Any]  # the conflist object (a single-plugin conf already wrapped)
+    raw: ConfListObject  # the conflist object (a single-plugin conf already wrapped)
 
     def binaries(self) -> list[str]:
         """Plugin executables the chain needs, including delegated IPAM plugins."""
@@ -90,7 +112,7 @@ def _parse_plugin(obj: Any, index: int) -> PluginConf:
     caps = obj.get("capabilities", {})
     if not isinstance(caps, dict) or not all(isinstance(v, bool) for v in caps.values()):
         raise ConfigError(f"{where}: 'capabilities' must map names to true/false")
-    return PluginConf(ptype, obj, frozenset(k for k, v in caps.items() if v))
+    return PluginConf(ptype, cast(PluginObject, obj), frozenset(k for k, v in caps.items() if v))
 
 
 def _disable_check(value: Any) -> bool:
@@ -126,7 +148,7 @@ def parse_conflist(obj: Any, source: str) -> NetworkConfigList:
         plugins=parsed,
         disable_check=_disable_check(obj.get("disableCheck", False)),
         source=source,
-        raw=obj,
+        raw=cast(ConfListObject, obj),
     )
 
 

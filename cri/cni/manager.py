@@ -363,7 +363,7 @@ class CniManager:
         self._results.pop(pod.id, None)
         entry = CacheEntry(
             pod_id=pod.id,
-            conflist=net.raw,
+            conflist=dict(net.raw),  # the cache's copy: written out, read back unchecked
             source=net.source,
             ifname=pod.ifname,
             cni_args=cni_args(pod),

@@ -9,7 +9,6 @@ never resumed or reused.
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import io
 import os
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, cast
 
 from cri.errors import FailedPrecondition
+from cri.host import HOST
 from cri.images.layer_stream import write_all
 from cri.images.reference import SHA256_RE
 from cri.images.stream import Pipe, PipeClosed, in_thread
@@ -28,8 +28,6 @@ PIPE_BYTES = 8 * 1024 * 1024
 # an ingest file's pages are sent to the disk every this many bytes, not all at the final fsync:
 # the disk then writes while the rest downloads, and the fsync at the end of a layer is short
 WRITEBACK_BYTES = 8 * 1024 * 1024
-_SYNC_FILE_RANGE_WRITE = 2  # start the write-out of the range's dirty pages, do not wait for it
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class ContentStore:
@@ -124,12 +122,7 @@ class _Tee(io.RawIOBase):
         self.count += len(data)
         self._pending = memoryview(data)
         if self.count - self._synced >= WRITEBACK_BYTES:  # best effort: the fsync at the end is what counts
-            _LIBC.sync_file_range(
-                self._fd,
-                ctypes.c_int64(self._synced),
-                ctypes.c_int64(self.count - self._synced),
-                _SYNC_FILE_RANGE_WRITE,
-            )
+            HOST.start_writeback(self._fd, self._synced, self.count - self._synced)
             self._synced = self.count
         return True
 

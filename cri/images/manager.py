@@ -12,13 +12,13 @@ import logging
 import re
 import shutil
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cri.config import Config
 from cri.errors import CridError
 from cri.images.auth import Credentials
 from cri.images.content import ContentStore
-from cri.images.manifest import json_object
+from cri.images.manifest import ImageConfig, image_config
 from cri.images.metadata import ImageMetadata, ImageRecord
 from cri.images.pull import Puller
 from cri.images.reference import HEX64_RE, SHA256_RE, parse
@@ -123,8 +123,8 @@ class Images:
     def all(self) -> list[ImageRecord]:
         return list(self.meta.images.values())
 
-    def config_of(self, image: ImageRecord) -> dict[str, Any]:
-        return json_object(self.content.read(image.id), f"config {image.id}")
+    def config_of(self, image: ImageRecord) -> ImageConfig:
+        return image_config(self.content.read(image.id), f"config {image.id}")
 
     def snapshot_dirs(self, image: ImageRecord) -> list[str]:
         """The image's layer directories, top-most first."""

@@ -1,13 +1,14 @@
 """Reading a pull's documents: JSON objects, descriptors, the host's entry of
-an index, and a manifest's layers with their diff and chain ids."""
+an index, a manifest's layers with their diff and chain ids, and the image
+config's types."""
 
 import hashlib
 import json
-import platform
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from cri.errors import FailedPrecondition, NotFound
+from cri.host import HOST
 from cri.images import mediatypes as mt
 from cri.images.reference import SHA256_RE
 
@@ -21,9 +22,32 @@ class Layer:
     chain_id: str
 
 
+class ImageConfig(TypedDict, total=False):
+    """An image's config document (image-spec config.md) as read: that it is a JSON object
+    is all that is checked then; each reader checks the fields it uses."""
+
+    architecture: object
+    os: object
+    config: object  # the container defaults: ContainerDefaults once checked (cri.runtime.spec.process)
+    rootfs: object  # its diff_ids are checked by layers_of
+    history: object
+
+
+class ContainerDefaults(TypedDict, total=False):
+    """The image config's "config" object with the fields a container's process comes from
+    checked for type (null is allowed: not set)."""
+
+    User: str | None
+    Env: list[str] | None
+    Entrypoint: list[str] | None
+    Cmd: list[str] | None
+    WorkingDir: str | None
+    StopSignal: object  # checked by cri.runtime.signals.stop_signal
+
+
 def host_platform() -> tuple[str, str, str]:
     """(os, architecture, variant) in OCI terms."""
-    machine = platform.machine().lower()
+    machine = HOST.machine().lower()
     arch, variant = {
         "x86_64": ("amd64", ""),
         "amd64": ("amd64", ""),
@@ -46,9 +70,10 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return out
 
 
-def user_of(config: dict[str, Any]) -> tuple[int | None, str]:
+def user_of(config: ImageConfig) -> tuple[int | None, str]:
     """uid or user name from the image config's User (``:group`` ignored)."""
-    user = str((config.get("config") or {}).get("User") or "").split(":", 1)[0]
+    defaults = cast(dict[str, Any], config.get("config") or {})  # unchecked: a non-object raises AttributeError
+    user = str(defaults.get("User") or "").split(":", 1)[0]
     if not user:
         return None, ""
     return (int(user), "") if user.isdigit() else (None, user)
@@ -62,6 +87,11 @@ def json_object(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise FailedPrecondition(f"{what} is not a JSON object")
     return doc
+
+
+def image_config(data: bytes, what: str) -> ImageConfig:
+    """An image config document: a JSON object (its fields are checked where they are read)."""
+    return cast(ImageConfig, json_object(data, what))
 
 
 def descriptor(d: Any, what: str) -> tuple[str, int, str]:
@@ -102,7 +132,7 @@ def pick_platform(index: dict[str, Any], ref: str) -> tuple[str, int, str]:
     return candidates[0][1]
 
 
-def layers_of(manifest: dict[str, Any], config: dict[str, Any], ref: str) -> list[Layer]:
+def layers_of(manifest: dict[str, Any], config: ImageConfig, ref: str) -> list[Layer]:
     """The manifest's layers, each with the diff id the config gives it."""
     descs = manifest.get("layers")
     if not isinstance(descs, list):

@@ -1,10 +1,11 @@
 """Pulling an image: resolve, verify, download and unpack, then record it.
 
-A pull resolves the reference through the configured hosts, picks the host
-platform from an index, verifies every manifest, config and layer against
-its digest and size, stores blobs in the content store and unpacks each
-layer once into a snapshot keyed by its chain id; only then is the image
-recorded. Blob downloads and unpacks are shared between concurrent pulls.
+A pull resolves the reference through the configured hosts to a manifest
+and a config (resolve.py: the platform's entry of an index, each document
+verified against its digest and size), stores them in the content store,
+verifies and unpacks each layer once into a snapshot keyed by its chain id;
+only then is the image recorded. Blob downloads and unpacks are shared
+between concurrent pulls.
 
 Each layer takes one pass over its bytes, as they arrive: the download runs
 on the event loop and only hands the bytes to a thread of the layer's own
@@ -31,24 +32,23 @@ from __future__ import annotations  # aiohttp and the registry client are import
 
 import asyncio
 import contextlib
-import ctypes
-import hashlib
 import logging
 import os
 import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from cri import faults
 from cri.config import Config
-from cri.errors import FailedPrecondition, Unavailable
-from cri.images import mediatypes as mt
+from cri.errors import Unavailable
+from cri.host import HOST
 from cri.images.auth import Credentials, TokenCache
-from cri.images.content import ContentStore, verify_bytes
+from cri.images.content import ContentStore
 from cri.images.hosts import load_hosts
-from cri.images.manifest import Layer, descriptor, json_object, layers_of, pick_platform, user_of
+from cri.images.manifest import Layer, user_of
 from cri.images.metadata import ImageMetadata, ImageRecord, SnapshotRecord, now_ns
 from cri.images.pull_metrics import (
     ACTIVE,
@@ -61,6 +61,7 @@ from cri.images.pull_metrics import (
     Progress,
 )
 from cri.images.reference import Reference, parse
+from cri.images.resolve import resolve
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
 from cri.images.stream import in_thread, settle_from_thread
@@ -75,10 +76,8 @@ if TYPE_CHECKING:  # aiohttp is 9 MiB of a daemon that may never pull
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-CONFIG_MAX_BYTES = 8 * 1024 * 1024
 # layers unpacked from the content store at once (those of a download are bounded by the downloads)
 UNPACK_THREADS = max(2, os.cpu_count() or 1)
-_LIBC = ctypes.CDLL(None)
 
 
 class Puller:
@@ -157,7 +156,7 @@ class Puller:
             if outcome != "success":
                 await self._gc()
             if not self._pinned:  # the last pull is done: give its buffers' memory back to the system
-                await asyncio.to_thread(_LIBC.malloc_trim, 0)
+                await asyncio.to_thread(HOST.malloc_trim)
                 if not self._pinned:
                     self._idle.set()
             log.info(
@@ -170,80 +169,37 @@ class Puller:
 
         hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)
         repo = Repository(self._http(), hosts, ref.domain, ref.path, credentials, self.tokens)
-        top = await repo.manifest(ref.object, mt.MANIFEST_ACCEPT, resolve=not ref.digest)
-        DOWNLOADED_BYTES.inc(len(top.body))
-        progress.tick()
-        top_digest = "sha256:" + hashlib.sha256(top.body).hexdigest()
-        if ref.digest and top_digest != ref.digest:
-            raise FailedPrecondition(f"manifest {ref.digest}: digest mismatch: content hashes to {top_digest}")
-        doc = json_object(top.body, f"manifest of {ref}")
-        media_type = str(doc.get("mediaType") or top.media_type)
-        if media_type in mt.SCHEMA1 or doc.get("schemaVersion") == 1:
-            raise FailedPrecondition(
-                f"{ref} is a Docker schema 1 image, which crid does not support; push it again with a "
-                "current tool (docker, buildah, skopeo) to get a schema 2 or OCI manifest"
-            )
-        blobs = [top_digest]
-        manifest_body, manifest_digest = top.body, top_digest
-        if media_type in mt.INDEXES or (not media_type and "manifests" in doc):
-            digest, size, media_type = pick_platform(doc, str(ref))
-            child = await repo.manifest(digest, mt.MANIFEST_ACCEPT, resolve=False, size=size)
-            DOWNLOADED_BYTES.inc(len(child.body))
-            progress.tick()
-            verify_bytes(child.body, digest, size, "manifest")
-            manifest_body, manifest_digest = child.body, digest
-            doc = json_object(child.body, f"manifest {digest}")
-            media_type = str(doc.get("mediaType") or media_type or child.media_type)
-            blobs.append(digest)
-        if media_type not in mt.MANIFESTS and not (not media_type and "layers" in doc):
-            raise FailedPrecondition(f"{ref}: unsupported manifest media type {media_type!r}")
+        got = await resolve(repo, ref, self.content, progress)
+        layers = got.layers
+        progress.size = got.config_size + sum(lay.size for lay in layers)
+        pinned.update(
+            [got.config_digest, *got.manifests, *(lay.digest for lay in layers), *(lay.chain_id for lay in layers)]
+        )
 
-        config_digest, config_size, config_media = descriptor(doc.get("config"), f"config of {ref}")
-        if config_media not in mt.CONFIGS:
-            raise FailedPrecondition(f"{ref} is not a container image: its config has media type {config_media!r}")
-        if config_size > CONFIG_MAX_BYTES:
-            raise FailedPrecondition(f"config {config_digest} is {config_size} bytes, over the limit")
-        if self.content.exists(config_digest):
-            config_body = self.content.read(config_digest)
-            SKIPPED_BYTES.inc(config_size)
-        else:
-            config_body = await repo.blob_bytes(config_digest, config_size, CONFIG_MAX_BYTES)
-            DOWNLOADED_BYTES.inc(len(config_body))
-        progress.tick(len(config_body))
-        verify_bytes(config_body, config_digest, config_size, "config")
-        config = json_object(config_body, f"config {config_digest}")
-        layers = layers_of(doc, config, str(ref))
-        progress.size = config_size + sum(lay.size for lay in layers)
-        pinned.update([config_digest, *blobs, *(lay.digest for lay in layers), *(lay.chain_id for lay in layers)])
-
-        for digest, body in ((top_digest, top.body), (manifest_digest, manifest_body), (config_digest, config_body)):
+        for digest, body in got.documents:
             await asyncio.to_thread(self.content.put_bytes, digest, body)  # fsync: off the event loop
         faults.step("PullImage.config_stored")
         await self._unpack_all(repo, layers, progress)
 
-        uid, username = user_of(config)
+        uid, username = user_of(got.config)
         image = ImageRecord(
-            id=config_digest,
-            manifest_digest=manifest_digest,
-            manifest_media_type=media_type,
-            # containerd's Image.Size (kubelet's image GC counts it): every blob the platform's
-            # walk reaches, the index included, without the index's other manifests
-            size=sum(len(body) for body in {top_digest: top.body, manifest_digest: manifest_body}.values())
-            + config_size
-            + sum(lay.size for lay in layers),
+            id=got.config_digest,
+            manifest_digest=got.manifest_digest,
+            manifest_media_type=got.media_type,
+            size=got.documents_size + sum(lay.size for lay in layers),  # containerd's Image.Size
             uid=uid,
             username=username,
             chain_ids=[lay.chain_id for lay in layers],
-            blobs=[*blobs, config_digest, *(lay.digest for lay in layers)],
+            blobs=[*got.manifests, got.config_digest, *(lay.digest for lay in layers)],
             created_at=now_ns(),
         )
         # name:tag@digest pulls by digest and records only the digest, as containerd does
         tag = "" if ref.digest else ref.tagged_name
-        orphans = self.meta.put_image(image, tag, ref.with_digest(top_digest))
+        orphans = self.meta.put_image(image, tag, ref.with_digest(got.top_digest))
         faults.step("PullImage.image_recorded")
         for orphan in orphans:
             self.meta.remove_image(orphan)
-        return config_digest
+        return got.config_digest
 
     # --- layers: a snapshot each, in one pass with the download ---------------------
 
@@ -325,27 +281,23 @@ class Puller:
                 self._unpacks.run(layers[i - 1].chain_id, lambda: self._snapshot(repo, layers, i - 1, limit, progress))
             )
         tmp = self.snapshots.new_tmp()
-        fs = os.path.join(tmp, "fs")
-        cancel = threading.Event()
-        work: list[asyncio.Future[Any]] = []  # threads writing into tmp: they stop before it goes
+        job = _Unpack(repo, layer, os.path.join(tmp, "fs"), limit, progress)
         started = time.monotonic()
         try:
             try:
-                applied: Applied | None = await self._extract(
-                    repo, layer, fs, None if below else self._lowers(layers, i), limit, progress, cancel, work
-                )
+                applied: Applied | None = await self._extract(job, None if below else self._lowers(layers, i))
             except NeedsLowers:
                 if below is None:
                     raise
                 applied = None  # unpacked again below, on top of its lowers
             if below is not None:
                 await below
-                applied = await self._finish(layer, fs, applied, self._lowers(layers, i), progress, cancel, work)
+                applied = await self._finish(job, applied, self._lowers(layers, i))
             assert applied is not None
         except BaseException:
-            cancel.set()
-            if work:
-                await asyncio.wait(work)
+            job.cancel.set()
+            if job.work:
+                await asyncio.wait(job.work)
             await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, tmp, True)
             raise
         finally:
@@ -366,45 +318,26 @@ class Puller:
         self.meta.put_snapshot(SnapshotRecord(layer.chain_id, num, parent, layer.diff_id, stats.bytes, stats.inodes))
         faults.step("PullImage.snapshot_recorded")
 
-    async def _extract(
-        self,
-        repo: Repository,
-        layer: Layer,
-        target: str,
-        lowers: list[str] | None,
-        limit: asyncio.Semaphore,
-        progress: Progress,
-        cancel: threading.Event,
-        work: list[asyncio.Future[Any]],
-    ) -> Applied:
+    async def _extract(self, job: _Unpack, lowers: list[str] | None) -> Applied:
         """Unpack the layer while it downloads or, when its blob is in the content store (or
         another download of it was under way), from the file."""
-        if not self.content.exists(layer.digest):
-            applied = await self._stream(repo, layer, target, lowers, limit, progress, cancel, work)
+        if not self.content.exists(job.layer.digest):
+            applied = await self._stream(job, lowers)
             if applied is not None:
                 return applied
-        return await self._from_file(layer, target, lowers, progress, cancel, work)
+        return await self._from_file(job, lowers)
 
-    async def _stream(
-        self,
-        repo: Repository,
-        layer: Layer,
-        target: str,
-        lowers: list[str] | None,
-        limit: asyncio.Semaphore,
-        progress: Progress,
-        cancel: threading.Event,
-        work: list[asyncio.Future[Any]],
-    ) -> Applied | None:
+    async def _stream(self, job: _Unpack, lowers: list[str] | None) -> Applied | None:
         """Download the blob into the content store, unpacking it in the same pass; None when
         the download joined (one of another chain with the same blob) did not unpack it."""
+        layer, limit, progress = job.layer, job.limit, job.progress
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[Applied] = loop.create_future()
         outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
 
         def unpack(raw: IO[bytes]) -> None:  # in the ingest's thread, reading the blob as it arrives
             try:
-                result = extract(raw, layer.compression, target, lowers, layer.diff_id, cancel)
+                result = extract(raw, layer.compression, job.target, lowers, layer.diff_id, job.cancel)
             except BaseException as exc:
                 settle_from_thread(loop, outcome, None, exc)
             else:
@@ -422,10 +355,10 @@ class Puller:
                 ingest = self.content.writer(layer.digest, layer.size, consumer)
                 if consumer is not None:
                     attach.clear()
-                    work.append(outcome)
+                    job.work.append(outcome)
                 started = time.monotonic()
                 try:
-                    await repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
+                    await job.repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
                     limit.release()  # downloaded: the next layer's download starts during this one's tail
                     held = None
                     progress.busy += 1  # the unpack of the last bytes, the fsync
@@ -451,56 +384,53 @@ class Puller:
             return None
         return await asyncio.shield(outcome)
 
-    async def _from_file(
-        self,
-        layer: Layer,
-        target: str,
-        lowers: list[str] | None,
-        progress: Progress,
-        cancel: threading.Event,
-        work: list[asyncio.Future[Any]],
-    ) -> Applied:
+    async def _from_file(self, job: _Unpack, lowers: list[str] | None) -> Applied:
+        layer = job.layer
         path = self.content.path(layer.digest)
 
         def unpack() -> Applied:
             with open(path, "rb") as raw:
-                return extract(raw, layer.compression, target, lowers, layer.diff_id, cancel)
+                return extract(raw, layer.compression, job.target, lowers, layer.diff_id, job.cancel)
 
         async with self._unpack_slots:
-            return await self._busy(in_thread(unpack, "crid-unpack"), progress, work)
+            return await job.busy(in_thread(unpack, "crid-unpack"))
 
-    async def _finish(
-        self,
-        layer: Layer,
-        target: str,
-        applied: Applied | None,
-        lowers: list[str],
-        progress: Progress,
-        cancel: threading.Event,
-        work: list[asyncio.Future[Any]],
-    ) -> Applied:
+    async def _finish(self, job: _Unpack, applied: Applied | None, lowers: list[str]) -> Applied:
         """The lower layers are committed: apply what was deferred, or unpack the layer
         again on top of them where deferring could not give the same tree."""
         if applied is not None:
             try:
-                await self._busy(in_thread(lambda: applied.finish(lowers), "crid-unpack"), progress, work)
+                await job.busy(in_thread(lambda: applied.finish(lowers), "crid-unpack"))
                 return applied
             except NeedsLowers:
                 pass
-        log.debug("layer unpacked again on top of its lowers", extra=fields(digest=layer.digest))
-        await self._busy(in_thread(lambda: _empty(target), "crid-unpack"), progress, work)
-        return await self._from_file(layer, target, lowers, progress, cancel, work)
+        log.debug("layer unpacked again on top of its lowers", extra=fields(digest=job.layer.digest))
+        await job.busy(in_thread(lambda: _empty(job.target), "crid-unpack"))
+        return await self._from_file(job, lowers)
 
-    @staticmethod
-    async def _busy(job: asyncio.Future[T], progress: Progress, work: list[asyncio.Future[Any]]) -> T:
-        """Wait for a thread's job that makes no byte progress (the watchdog waits too)."""
-        work.append(job)
-        progress.busy += 1
+
+@dataclass
+class _Unpack:
+    """One layer's unpack into a tmp snapshot dir, and what stops it."""
+
+    repo: Repository
+    layer: Layer
+    target: str
+    limit: asyncio.Semaphore  # the pull's downloads at once
+    progress: Progress
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # threads writing into target: they stop before it goes
+    work: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    async def busy(self, task: asyncio.Future[T]) -> T:
+        """Wait for a thread's task that makes no byte progress (the watchdog waits too)."""
+        self.work.append(task)
+        self.progress.busy += 1
         try:
-            return await asyncio.shield(job)
+            return await asyncio.shield(task)
         finally:
-            progress.busy -= 1
-            progress.tick()
+            self.progress.busy -= 1
+            self.progress.tick()
 
 
 def _empty(target: str) -> None:

@@ -9,22 +9,20 @@ when complete.
 """
 
 import contextlib
-import ctypes
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from cri.host import HOST
 
 TMP_PREFIX = "tmp-"
 PAGE_LIMIT = 4096
 # A writable layer is never used again after a host crash (a container is never restarted,
 # a new one gets a new layer), so it needs no syncing: without "volatile" (Linux 5.10) each
 # unmount syncs the whole upper filesystem, 7-20 ms of RemoveContainer waiting for other writers
-VOLATILE = ",volatile" if tuple(map(int, re.findall(r"\d+", os.uname().release)[:2])) >= (5, 10) else ""
+VOLATILE = ",volatile" if HOST.kernel_version() >= (5, 10) else ""
 
 
 class Snapshots:
@@ -82,7 +80,7 @@ class Snapshots:
         extra = f",upperdir={upper},workdir={work}{VOLATILE}" if upper else ""
         absolute = "lowerdir=" + ":".join(self.path(n) for n in nums_top_first) + extra
         if (upper or len(nums_top_first) > 1) and len(absolute) < PAGE_LIMIT:
-            _mount("overlay", target, "overlay", absolute)  # the common case: no process to spawn
+            HOST.mount("overlay", target, "overlay", 0, absolute)  # the common case: no process to spawn
             return
         options = f"lowerdir={self.lowerdir(nums_top_first)}{extra}"
         if len(nums_top_first) == 1 and not upper:
@@ -93,9 +91,3 @@ class Snapshots:
                 raise OSError(f"overlay options for {len(nums_top_first)} layers exceed one page")
             args = ["mount", "-t", "overlay", "overlay", "-o", options, target]
         subprocess.run(args, cwd=self.dir, check=True, capture_output=True)
-
-
-def _mount(source: str, target: str, fstype: str, options: str) -> None:
-    if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, options.encode()) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 from cri.errors import FailedPrecondition
 from cri.log import fields
+from cri.runtime.pumps import run_pumps
 from cri.runtime.stdio import Sink, Source, Stdio, TerminalSize
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,7 @@ async def attach(bundle: str, attach_socket: str, stdio: Stdio, container_has_st
             tasks.append(asyncio.ensure_future(_input(loop, sock, stdio.stdin)))
         if stdio.resize is not None:
             tasks.append(asyncio.ensure_future(_resize(bundle, stdio.resize)))
-        try:
-            pending = set(tasks)
-            while not output.done():
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    error = None if t.cancelled() else t.exception()
-                    if error is not None:
-                        raise error
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await run_pumps(tasks, needed=[output])
     finally:
         sock.close()
     for sink in (stdio.stdout, stdio.stderr):

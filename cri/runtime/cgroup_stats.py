@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cri.host import MOUNTINFO, v1_memory_cgroup
 from cri.runtime.cgroups import CGROUP_ROOT
 from cri.runtime.stats import UNLIMITED
 
 SYS = "/sys"
-MOUNTINFO = "/proc/self/mountinfo"
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def read(cgroup_path: str, root: str = CGROUP_ROOT) -> CgroupStats:
     """The stats of one cgroup (a path as in the OCI spec, relative to each hierarchy)."""
     rel = cgroup_path.strip("/")
     now = time.time_ns()
-    if os.path.isdir(os.path.join(root, "memory")):
+    if v1_memory_cgroup(root):
         return _v1(root, rel, now)
     return _v2(root, rel, now)
 
@@ -245,7 +245,7 @@ class ProcessInfo:
 
 def pids_of(cgroup_path: str, root: str = CGROUP_ROOT) -> list[int]:
     rel = cgroup_path.strip("/")
-    v1 = os.path.isdir(os.path.join(root, "memory"))
+    v1 = v1_memory_cgroup(root)
     path = os.path.join(root, "pids", rel) if v1 else os.path.join(root, rel)
     text = read_text(os.path.join(path, "cgroup.procs"))
     return [int(line) for line in (text or "").split() if line.isdigit()]
@@ -361,7 +361,7 @@ def read_io(
 ) -> list[DeviceIo] | None:
     """The cgroup's I/O per device, children included; None when there is no file to read."""
     rel = cgroup_path.strip("/")
-    if os.path.isdir(os.path.join(root, "memory")):
+    if v1_memory_cgroup(root):
         blkio = os.path.join(root, "blkio", rel)
         # the throttle files count whatever the I/O scheduler (blkio.io_* are CFQ's, blkio.bfq.* BFQ's);
         # where the _recursive ones are missing (older kernels) the plain ones count the same in a leaf

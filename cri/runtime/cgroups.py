@@ -11,13 +11,14 @@ import os
 import time
 from collections.abc import Set as AbstractSet
 
-CGROUP_ROOT = "/sys/fs/cgroup"
+from cri.host import CGROUP_ROOT as CGROUP_ROOT  # re-exported: stats.py reads it from here
+from cri.host import unified_cgroup
 
 
 def hierarchies(root: str = CGROUP_ROOT) -> list[str]:
     """Mounted hierarchies: the v1 controllers (and the hybrid ``unified``
     v2 mount), or the root itself on a pure v2 host."""
-    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+    if unified_cgroup(root):
         return [root]
     out = []
     for name in sorted(os.listdir(root)):

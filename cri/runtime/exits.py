@@ -8,10 +8,11 @@ container.
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import struct
 from collections.abc import Callable
+
+from cri.host import HOST
 
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
@@ -20,8 +21,6 @@ IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class ExitWatcher:
     def __init__(self, directory: str, on_exit: Callable[[str], None], on_overflow: Callable[[], None]) -> None:
@@ -29,14 +28,12 @@ class ExitWatcher:
         self.on_exit = on_exit
         self.on_overflow = on_overflow  # events were lost: the caller must look at every container
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self._fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        if _libc.inotify_add_watch(self._fd, directory.encode(), IN_CLOSE_WRITE | IN_MOVED_TO) < 0:
-            err = ctypes.get_errno()
+        self._fd = HOST.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        try:
+            HOST.inotify_add_watch(self._fd, directory, IN_CLOSE_WRITE | IN_MOVED_TO)
+        except OSError:
             os.close(self._fd)
-            raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
+            raise
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:

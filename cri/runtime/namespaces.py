@@ -8,8 +8,6 @@ the namespaces alive until they are unmounted.
 """
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import os
 import socket
@@ -18,17 +16,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from cri.errors import InvalidArgument
+from cri.host import HOST
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_FLAGS = {"net": CLONE_NEWNET, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC}
 MS_BIND = 4096
-MNT_DETACH = 2
 SIOCSIFFLAGS = 0x8914
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 
-_libc = ctypes.CDLL(None, use_errno=True)
 # Namespace work hops threads between namespaces; keep it on a few dedicated threads.
 EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="crid-ns")
 
@@ -36,14 +33,8 @@ EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="crid-ns")
 IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
 
 
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
 def _setns(fd: int, kind: str) -> None:
-    _check(_libc.setns(fd, CLONE_FLAGS[kind]), f"setns {kind}")
+    HOST.setns(fd, CLONE_FLAGS[kind], f"setns {kind}")
 
 
 @contextlib.contextmanager
@@ -80,7 +71,7 @@ def create(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
     originals = {k: os.open(f"/proc/thread-self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds}
     paths: dict[str, str] = {}
     try:
-        _check(_libc.unshare(flags), "unshare")
+        HOST.unshare(flags)
         try:
             if "uts" in kinds and hostname:
                 socket.sethostname(hostname)
@@ -90,10 +81,7 @@ def create(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
                 path = os.path.join(directory, kind)
                 with open(path, "w"):
                     pass
-                _check(
-                    _libc.mount(f"/proc/thread-self/ns/{kind}".encode(), path.encode(), None, MS_BIND, None),
-                    f"bind mount {kind} namespace",
-                )
+                HOST.mount(f"/proc/thread-self/ns/{kind}", path, None, MS_BIND, what=f"bind mount {kind} namespace")
                 paths[kind] = path
         finally:
             for kind, fd in originals.items():
@@ -110,10 +98,7 @@ def create(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
 def remove(paths: list[str]) -> None:
     """Unmount and delete pinned namespace files; missing ones are fine."""
     for path in paths:
-        if _libc.umount2(path.encode(), MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not mounted
-                raise OSError(err, f"umount {path}: {os.strerror(err)}")
+        HOST.detach_mount(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

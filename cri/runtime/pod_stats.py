@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from cri.host import MOUNTINFO
 from cri.log import fields
 from cri.runtime import cgroup_stats, netstats
 from cri.runtime.cgroup_stats import CgroupStats, DeviceIo, ProcessInfo
@@ -82,7 +83,7 @@ def nano_cores(previous: tuple[int, int] | None, timestamp: int, cpu_ns: int) ->
     return max(cpu_ns - previous[1], 0) * 10**9 // (timestamp - previous[0])
 
 
-def fs_usage(upper: str, sys: str = cgroup_stats.SYS, mountinfo: str = cgroup_stats.MOUNTINFO) -> FsUsage | None:
+def fs_usage(upper: str, sys: str = cgroup_stats.SYS, mountinfo: str = MOUNTINFO) -> FsUsage | None:
     """Blocking; None when the layer is gone (the container is being removed)."""
     try:
         st, vfs = os.stat(upper), os.statvfs(upper)

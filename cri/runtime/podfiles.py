@@ -1,20 +1,15 @@
 """Files a pod's containers share: hostname, hosts, resolv.conf, /dev/shm."""
 
-import ctypes
-import errno
 import os
-import socket
 from dataclasses import dataclass
 
 from cri.errors import InvalidArgument
+from cri.host import HOST
 
 SHM_SIZE = 64 * 1024 * 1024
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MNT_DETACH = 2
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 HOST_HOSTS = "/etc/hosts"
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -74,22 +69,16 @@ def write(path: str, text: str) -> None:
 
 def write_pod_files(directory: str, hostname: str, ips: list[str], dns: DnsConfig | None, host_network: bool) -> None:
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    write(os.path.join(directory, "hostname"), (hostname if not host_network else socket.gethostname()) + "\n")
+    write(os.path.join(directory, "hostname"), (hostname if not host_network else HOST.node_name()) + "\n")
     write(os.path.join(directory, "hosts"), hosts_file(hostname, ips, host_network))
     write(os.path.join(directory, "resolv.conf"), resolv_conf(dns))
 
 
 def mount_shm(path: str, size: int = SHM_SIZE) -> None:
     os.makedirs(path, mode=0o1777, exist_ok=True)
-    options = f"mode=1777,size={size}".encode()
-    if _libc.mount(b"shm", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")
+    HOST.mount("shm", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={size}")
 
 
 def unmount(path: str) -> None:
     """Unmount ``path`` if it is a mount point (lazily: a container may still hold it)."""
-    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    HOST.detach_mount(path)

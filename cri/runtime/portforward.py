@@ -18,6 +18,7 @@ import socket
 
 from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cri.runtime import namespaces
+from cri.runtime.pumps import run_pumps
 from cri.runtime.stdio import Duplex
 
 CHUNK = 64 * 1024
@@ -89,18 +90,7 @@ async def _pump(sock: socket.socket, stream: Duplex, port: int) -> None:
         asyncio.ensure_future(_upstream(loop, sock, stream)),
         asyncio.ensure_future(_downstream(loop, sock, stream, port)),
     ]
-    try:
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                error = t.exception()
-                if error is not None:
-                    raise error
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await run_pumps(tasks, cancelled_is_error=True)
 
 
 async def _upstream(loop: asyncio.AbstractEventLoop, sock: socket.socket, stream: Duplex) -> None:

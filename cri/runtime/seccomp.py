@@ -18,13 +18,13 @@ are simply absent from it.
 
 import json
 import os
-import platform
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument, quote
+from cri.host import HOST
 
 DEFAULT_PROFILE_FILE = os.path.join(os.path.dirname(__file__), "seccomp_default.json")
 MAX_PROFILE_BYTES = 1 << 20
@@ -66,14 +66,6 @@ ARCHES: dict[str, tuple[str, frozenset[str]]] = {
 # OCI keys of linux.seccomp and of one syscall rule; anything else is dropped from the output
 _TOP_KEYS = ("defaultAction", "defaultErrnoRet", "architectures", "flags", "listenerPath", "listenerMetadata")
 _RULE_KEYS = ("names", "action", "errnoRet", "args")
-
-
-def host_arch() -> str:
-    return platform.machine()
-
-
-def kernel_version() -> tuple[int, int]:
-    return _version(os.uname().release)
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -167,8 +159,8 @@ def resolve(
     host (``arch``, ``kernel``) and a container whose bounding set is ``caps``."""
     if not isinstance(profile, dict):
         raise InvalidArgument("seccomp profile must be a JSON object")
-    arch = arch or host_arch()
-    kernel = kernel or kernel_version()
+    arch = arch or HOST.machine()
+    kernel = kernel or HOST.kernel_version()
     held = frozenset(caps)
     if not _known(profile.get("defaultAction"), ACTIONS):
         raise InvalidArgument(f"seccomp profile: unknown defaultAction {quote(profile.get('defaultAction'))}")

@@ -7,10 +7,10 @@ Both end up as moby's canonical name (SIGTERM, SIGRTMIN+3, SIGRTMAX-1).
 
 import re
 import signal
-from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
+from cri.images.manifest import ImageConfig
 
 _RT_SIGNAL = re.compile(r"SIGRT(MIN|MAX)(?:([+-])([0-9]+))?")
 
@@ -65,7 +65,7 @@ def signal_number(name: str) -> int:
     return int(signal.SIGRTMIN) + offset if match[1] == "MIN" else int(signal.SIGRTMAX) - offset
 
 
-def stop_signal(image_config: dict[str, Any], requested: int = 0) -> str:
+def stop_signal(image_config: ImageConfig, requested: int = 0) -> str:
     """The signal that stops the container: ContainerConfig.stop_signal when
     set (a pb.Signal value), else the image's StopSignal, else SIGTERM."""
     if requested:

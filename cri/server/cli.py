@@ -8,13 +8,13 @@ crid version
 
 import argparse
 import asyncio
-import ctypes
 import sys
 from typing import Any
 
 import cri
 from cri import config as configmod
 from cri import log as logmod
+from cri.host import HOST
 from cri.server.ownership import StartupError
 
 
@@ -49,9 +49,7 @@ def _one_malloc_arena() -> None:
     given back). The main arena is trimmed after every pull (cri.images.manager), the
     threads' small allocations come from their tcache without taking its lock, and a pull
     takes as long as before. Before any thread starts; a no-op outside glibc."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, 1)
+    HOST.mallopt(M_ARENA_MAX, 1)
 
 
 def _serve(args: argparse.Namespace) -> int:

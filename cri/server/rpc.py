@@ -105,6 +105,11 @@ class _Call:
             self._request_id = uuid.uuid4().hex[:16]
         return self._request_id
 
+    def admit(self, gate: Gate, request: Any) -> None:
+        """Refuse the call while starting up, then a malformed body or a request that breaks the field rules."""
+        gate.check()
+        self.check(request)
+
     def check(self, request: Any) -> None:
         """Refuse a malformed body or a request that breaks the field rules."""
         if isinstance(request, Malformed):
@@ -124,6 +129,11 @@ class _Call:
                 extra=fields(method=self.full, error_id=error_id, error=repr(exc)),
             )
         return self.code, message
+
+    async def abort(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        """End the call with the status ``exc`` maps to (``context.abort`` raises)."""
+        code, message = self.failed(exc)
+        await context.abort(code, message)
 
     def finish(self) -> None:
         elapsed = time.perf_counter() - self.start
@@ -153,15 +163,13 @@ def _wrap_unary(service: str, method: str, fn: UnaryFn, gate: Gate) -> UnaryFn:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Reply:
         call = _Call(full, metrics)
         try:
-            gate.check()
-            call.check(request)
+            call.admit(gate, request)
             return await fn(request, context)
         except asyncio.CancelledError:
             call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code, message = call.failed(exc)
-            await context.abort(code, message)
+            await call.abort(context, exc)
             raise AssertionError("unreachable: abort raises") from None
         finally:
             call.finish()
@@ -175,16 +183,14 @@ def _wrap_stream(service: str, method: str, fn: StreamFn, gate: Gate) -> StreamF
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Reply]:
         call = _Call(full, metrics)
         try:
-            gate.check()
-            call.check(request)
+            call.admit(gate, request)
             async for item in fn(request, context):
                 yield item
         except asyncio.CancelledError:
             call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code, message = call.failed(exc)
-            await context.abort(code, message)
+            await call.abort(context, exc)
         finally:
             call.finish()
 

@@ -88,8 +88,19 @@ Headers = dict[str, list[str]]
 HeaderInput = Mapping[str, str | Sequence[str]]
 
 
+class _Fin:
+    """A frame's FIN flag: the sender's last frame on the stream."""
+
+    __slots__ = ()
+    flags: int
+
+    @property
+    def fin(self) -> bool:
+        return bool(self.flags & FLAG_FIN)
+
+
 @dataclass(frozen=True, slots=True)
-class SynStream:
+class SynStream(_Fin):
     stream_id: int
     headers: Headers = field(default_factory=dict)
     associated_id: int = 0
@@ -98,34 +109,27 @@ class SynStream:
     flags: int = 0
 
     @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
-
-    @property
     def unidirectional(self) -> bool:
         return bool(self.flags & FLAG_UNIDIRECTIONAL)
 
 
 @dataclass(frozen=True, slots=True)
-class SynReply:
+class _HeaderBlock(_Fin):
+    """A stream's headers after its SYN_STREAM: a SYN_REPLY or a HEADERS frame."""
+
     stream_id: int
     headers: Headers = field(default_factory=dict)
     flags: int = 0
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
 
 
 @dataclass(frozen=True, slots=True)
-class HeadersFrame:
-    stream_id: int
-    headers: Headers = field(default_factory=dict)
-    flags: int = 0
+class SynReply(_HeaderBlock):
+    pass
 
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
+
+@dataclass(frozen=True, slots=True)
+class HeadersFrame(_HeaderBlock):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +169,10 @@ class WindowUpdate:
 
 
 @dataclass(frozen=True, slots=True)
-class Data:
+class Data(_Fin):
     stream_id: int
     data: bytes = b""
     flags: int = 0
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & FLAG_FIN)
 
 
 Frame = SynStream | SynReply | HeadersFrame | RstStream | Settings | Ping | GoAway | WindowUpdate | Data

@@ -9,7 +9,6 @@ changed. The module skips only when one of the tools is not installed (``hack/in
 import contextlib
 import re
 import secrets
-import socket
 import tempfile
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from tests.support.corpus import Corpus, CorpusImage, Tools, build, debian, fsvi
 from tests.support.corpus.model import TAG
 from tests.support.corpus.pods import Pod, image_id, pull, remove_image
 from tests.support.corpus.tools import missing_tools
+from tests.support.daemon import free_port
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.timeout(900)
@@ -188,13 +188,6 @@ def _http_get(url: str, timeout: float = 5) -> str:
         return body.decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait_http(url: str, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -210,7 +203,7 @@ def test_debian_runs_python_and_serves_nginx_through_pod_ip_and_host_port(env: E
     image = env.corpus["debian"]
     ref, client = env.ref(image), env.crid.client
     assert pull(client, ref) == image.image_id
-    host_port = _free_port()
+    host_port = free_port()
     mapping = pb.PortMapping(protocol=pb.TCP, container_port=80, host_port=host_port)
     pod = Pod(client, _pod_name("nginx", "debian"), env.crid.dir, port_mappings=[mapping])
     try:

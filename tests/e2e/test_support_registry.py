@@ -22,8 +22,8 @@ import psutil
 import pytest
 
 from tests.support import oci_build as ob
-from tests.support.oci_build import RegistryError
 from tests.support.registry import Registry
+from tests.support.registry_client import RegistryError, parse_challenge
 from tests.support.token_server import TokenServer, decode_jwt
 
 
@@ -172,7 +172,7 @@ def token_dance(reg: Registry, repo: str, auth: tuple[str, str] | None) -> tuple
     returns the token server's status and the token (or "")."""
     status, headers, _ = Fetcher(reg.url, reg.ssl_context()).get(f"/v2/{repo}/manifests/1")
     assert status == 401
-    scheme, params = ob.parse_challenge(headers["Www-Authenticate"])
+    scheme, params = parse_challenge(headers["Www-Authenticate"])
     assert scheme == "bearer"
     assert reg.token_server is not None
     assert params["realm"] == reg.token_server.realm and params["service"] == reg.token_server.service

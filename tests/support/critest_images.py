@@ -48,10 +48,10 @@ from tests.support.oci_build import (
     ImageConfig,
     Index,
     Layer,
-    RegistryClient,
     Target,
     busybox_entries,
 )
+from tests.support.registry_client import RegistryClient
 
 # the registries critest's images live in; each gets a hosts.toml pointing at the local registry
 UPSTREAM_REGISTRIES = ("registry.k8s.io", "gcr.io", "k8s.gcr.io", "public.ecr.aws", "docker.io")

@@ -20,24 +20,24 @@ versions of umoci and GNU tar. Pushing happens every run; each ``skopeo copy`` g
 info cache, so it never mounts a blob of another repository instead of recompressing.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.support import oci_build as ob
+from tests.support.cache_lock import locked
 from tests.support.corpus.tools import Tools, missing_tools
 from tests.support.critest_images import CRI_TOOLS, HTTPD_IMAGE, split_reference
 from tests.support.registry import Registry
+from tests.support.registry_client import RegistryClient
 
 TOOLS = ("umoci", "skopeo", "tar", "unshare")
 ZSTD_NAMES = (HTTPD_IMAGE, f"{CRI_TOOLS}/test-image-user-uid:latest")  # one tag in their repository each
@@ -262,16 +262,6 @@ def cache_key(plan: Plan, tools: Tools) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 @dataclass(frozen=True)
 class Made:
     layout: Path
@@ -289,7 +279,7 @@ def ensure(images: Mapping[str, ob.Target], cache: Path, log: Log = print) -> Ma
     t0 = time.monotonic()
     plan = make_plan(images)
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache):
+    with locked(cache):
         work = Path(tempfile.mkdtemp(prefix="work-", dir=cache))
         try:
             lines: list[str] = []
@@ -344,7 +334,7 @@ def skopeo_args(push: Push, layout: Path, registry_host: str) -> list[str]:
     return [*args, f"oci:{layout}:{push.tag}", f"docker://{registry_host}/{repo}:{tag}"]
 
 
-def resolve(client: ob.RegistryClient, ref: str) -> Pushed:
+def resolve(client: RegistryClient, ref: str) -> Pushed:
     _, repo, tag = split_reference(ref)
     resp = client.get_manifest(repo, tag)
     top = json.loads(resp.body)

@@ -1,6 +1,7 @@
-"""What the test and benchmark daemon launchers share."""
+"""What the test and benchmark daemon launchers share (and the test servers: a free port)."""
 
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,26 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
         else:
             out[key] = value
     return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_on_a_free_port(start_once: Callable[[], bool], stop: Callable[[], None], failure: Callable[[], str]) -> None:
+    """A server started on a free port: ``start_once`` tries one and answers False when another
+    process took it meanwhile; five tries, then RuntimeError(``failure()``). ``stop`` undoes a failure."""
+    try:
+        for _ in range(5):
+            if start_once():
+                return
+        raise RuntimeError(failure())
+    except BaseException:
+        stop()
+        raise
 
 
 class DaemonProcess:

@@ -24,7 +24,7 @@ from typing import Any, Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.registry import free_port
+from tests.support.daemon import free_port, start_on_a_free_port
 
 PROMETHEUS_BINARY = "/usr/bin/prometheus"
 PROMTOOL_BINARY = "/usr/bin/promtool"
@@ -85,14 +85,10 @@ class Prometheus:
         }
 
     def start(self) -> Self:
-        try:
-            for _ in range(5):
-                if self._start_once():
-                    return self
-            raise RuntimeError(f"prometheus could not get a free port:\n{self.log_text()}")
-        except BaseException:
-            self.stop()
-            raise
+        start_on_a_free_port(
+            self._start_once, self.stop, lambda: f"prometheus could not get a free port:\n{self.log_text()}"
+        )
+        return self
 
     def _start_once(self) -> bool:
         self.port = free_port()

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from tests.support.certs import SERVER_HOSTS, CertPair, make_ca, make_client_cert, make_server_cert
-from tests.support.daemon import deep_merge
-from tests.support.oci_build import RegistryClient, Target
+from tests.support.daemon import deep_merge, free_port, start_on_a_free_port
+from tests.support.oci_build import Target
+from tests.support.registry_client import RegistryClient
 from tests.support.token_server import TokenServer
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -45,13 +46,6 @@ STARTUP_TIMEOUT = 20.0
 DEFAULT_USERS = {"crid": "crid-secret"}
 
 AuthMode = Literal["none", "basic", "token"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # gorilla/handlers combined log: host ident user [time] "METHOD URI PROTO" status size "referer" "agent"
@@ -254,14 +248,10 @@ class Registry:
     def start(self) -> Self:
         if self.token_server is not None and not self.token_server.running:
             self.token_server.start()
-        try:
-            for _ in range(5):
-                if self._start_once():
-                    return self
-            raise RuntimeError(f"docker-registry could not get a free port:\n{self.log_text()}")
-        except BaseException:
-            self.stop()
-            raise
+        start_on_a_free_port(
+            self._start_once, self.stop, lambda: f"docker-registry could not get a free port:\n{self.log_text()}"
+        )
+        return self
 
     def _start_once(self) -> bool:
         """One attempt; False when the port was taken meanwhile."""

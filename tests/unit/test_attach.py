@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,58 +19,9 @@ from cri.runtime import monitor
 from cri.runtime.attach import attach
 from cri.runtime.oci import OciRuntime
 from cri.runtime.stdio import Stdio, TerminalSize
+from tests.support.stdio_fakes import Collect, Feed, sizes
 
 TIMEOUT = 10.0
-
-
-class Collect:
-    def __init__(self, fail: bool = False) -> None:
-        self.data = bytearray()
-        self.closed = False
-        self.fail = fail
-        self.stall = asyncio.Event()
-        self.stall.set()
-        self.got = asyncio.Event()
-
-    async def write(self, data: bytes) -> None:
-        assert not self.closed
-        if self.fail:
-            raise ConnectionResetError("the client went away")
-        self.data += data
-        self.got.set()
-        await self.stall.wait()
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def wait_for(self, text: bytes) -> None:
-        while text not in self.data:
-            self.got.clear()
-            await self.got.wait()
-
-
-class Feed:
-    def __init__(self, *chunks: bytes, end: bool = False) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for c in chunks:
-            self.queue.put_nowait(c)
-        if end:
-            self.queue.put_nowait(b"")
-
-    def put(self, data: bytes) -> None:
-        self.queue.put_nowait(data)
-
-    async def read(self) -> bytes:
-        data = await self.queue.get()
-        if not data:
-            self.queue.put_nowait(b"")
-        return data
-
-
-async def sizes(*items: TerminalSize) -> AsyncIterator[TerminalSize]:
-    for s in items:
-        yield s
-    await asyncio.Event().wait()
 
 
 class FakeConmon:
@@ -237,7 +188,7 @@ async def test_no_monitor(tmp_path: Path) -> None:
 
 
 async def test_client_gone(conmon: FakeConmon) -> None:
-    out = Collect(fail=True)
+    out = Collect(fail_after=0)
     task = asyncio.ensure_future(attach(str(conmon.bundle), conmon.socket_path, Stdio(stdin=Feed(), stdout=out), True))
     conn = await conmon.accept()
     await conmon.send(2, b"x")

@@ -183,6 +183,6 @@ def test_manifest_conflist_is_valid() -> None:
     assert net.name == "crid" and net.cni_version == "1.0.0"
     assert net.disable_check  # portmap 1.1.1's CHECK looks for ip6tables chains an IPv4-only pod never has
     assert [p.type for p in net.plugins] == ["bridge", "portmap"]
-    bridge = net.plugins[0].conf
+    bridge: dict[str, object] = dict(net.plugins[0].conf)  # the bridge plugin's own keys, unread by crid
     assert bridge["bridge"] == "crid0" and bridge["isGateway"] and bridge["ipMasq"] and bridge["hairpinMode"]
     assert net.plugins[1].capabilities == frozenset({"portMappings"})

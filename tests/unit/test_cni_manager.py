@@ -247,6 +247,15 @@ async def test_failed_cleanup_keeps_the_entry_for_teardown(env: Env) -> None:
     assert await m.cached_pods() == []
 
 
+async def all_gone(pids: list[int]) -> None:
+    """The plugin processes end (within 5 s)."""
+    for _ in range(50):
+        if not any(cni_plugins.pid_alive(p) for p in pids):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(cni_plugins.pid_alive(p) for p in pids)
+
+
 async def test_hanging_plugin_is_killed_with_its_children(env: Env) -> None:
     pidfile = env.tmp / "pids"
     env.write([env.plugin("fakea"), env.plugin("fakeb", mode="hang", on=["ADD"], pidfile=str(pidfile))])
@@ -256,11 +265,7 @@ async def test_hanging_plugin_is_killed_with_its_children(env: Env) -> None:
         await m.setup(env.pod())
     assert time.monotonic() - started < 8
     pids = [int(p) for p in pidfile.read_text().split()]
-    for _ in range(50):
-        if not any(cni_plugins.pid_alive(p) for p in pids):
-            break
-        await asyncio.sleep(0.1)
-    assert not any(cni_plugins.pid_alive(p) for p in pids)
+    await all_gone(pids)
     assert env.summary()[-2:] == [("DEL", "fakeb"), ("DEL", "fakea")]
     assert await m.cached_pods() == []
 
@@ -278,11 +283,7 @@ async def test_cancelled_setup_kills_the_plugin_and_teardown_cleans_up(env: Env)
     with pytest.raises(asyncio.CancelledError):
         await task
     pids = [int(p) for p in pidfile.read_text().split()]
-    for _ in range(50):
-        if not any(cni_plugins.pid_alive(p) for p in pids):
-            break
-        await asyncio.sleep(0.1)
-    assert not any(cni_plugins.pid_alive(p) for p in pids)
+    await all_gone(pids)
     # the half-done ADD is recorded: no result to report, but teardown knows what to DEL
     assert m.cached(POD_ID) is None and await m.cached_pods() == [POD_ID]
     env.reset()

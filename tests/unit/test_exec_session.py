@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from cri.runtime import exec_session
 from cri.runtime.exec_session import run_exec
 from cri.runtime.oci import OciRuntime
 from cri.runtime.stdio import Stdio, TerminalSize
+from tests.support.stdio_fakes import Collect, Feed, sizes
 
 TIMEOUT = 20.0
 
@@ -80,75 +81,6 @@ def main():
 
 sys.exit(main())
 """
-
-
-# --- in-memory client streams --------------------------------------------------------------------
-
-
-class Collect:
-    """A client's output stream: keeps (or only counts) what it gets; can be slow, stall or vanish."""
-
-    def __init__(self, delay: float = 0.0, fail_after: int | None = None, keep: bool = True) -> None:
-        self.data = bytearray()
-        self.size = 0
-        self.writes = 0
-        self.biggest = 0
-        self.closed = False
-        self.delay, self.fail_after, self.keep = delay, fail_after, keep
-        self.stall = asyncio.Event()
-        self.stall.set()  # clear: writes wait (a client that reads nothing)
-        self.got = asyncio.Event()
-
-    async def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        if self.fail_after is not None and self.writes >= self.fail_after:
-            raise ConnectionResetError("the client went away")
-        self.writes += 1
-        self.size += len(data)
-        self.biggest = max(self.biggest, len(data))
-        if self.keep:
-            self.data += data
-        self.got.set()
-        await self.stall.wait()
-        if self.delay:
-            await asyncio.sleep(self.delay)
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def wait_for(self, text: bytes) -> None:
-        while text not in self.data:
-            self.got.clear()
-            await self.got.wait()
-
-
-class Feed:
-    """A client's stdin: what the test puts, then b"" once it ends."""
-
-    def __init__(self, *chunks: bytes, end: bool = False) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for c in chunks:
-            self.queue.put_nowait(c)
-        if end:
-            self.end()
-
-    def put(self, data: bytes) -> None:
-        self.queue.put_nowait(data)
-
-    def end(self) -> None:
-        self.queue.put_nowait(b"")
-
-    async def read(self) -> bytes:
-        data = await self.queue.get()
-        if not data:
-            self.queue.put_nowait(b"")  # stays ended
-        return data
-
-
-async def sizes(*items: TerminalSize) -> AsyncIterator[TerminalSize]:
-    for s in items:
-        yield s
-    await asyncio.Event().wait()  # the client keeps its resize stream open
 
 
 def lines_of(data: bytes | bytearray) -> list[str]:
@@ -362,12 +294,11 @@ async def test_tty_stdin_eof_is_ctrl_d(fake: tuple[OciRuntime, Path]) -> None:
     await tty_stdin_eof(fake[0], "cid", fake[1])
 
 
-async def tty_client_gone(runtime: OciRuntime, cid: str, bundle: Path) -> None:
+async def client_gone(runtime: OciRuntime, cid: str, bundle: Path, stdio: Callable[[Collect], Stdio]) -> None:
+    """``yes`` whose client (``stdio`` around its output stream) stops reading, then goes away."""
     out = Collect()
     out.stall.clear()
-    task = asyncio.ensure_future(
-        run_exec(runtime, cid, str(bundle), ["yes"], Stdio(stdin=Feed(), stdout=out, tty=True))
-    )
+    task = asyncio.ensure_future(run_exec(runtime, cid, str(bundle), ["yes"], stdio(out)))
     pid = await pid_of_exec(bundle)
     out.fail_after = 0
     out.stall.set()
@@ -377,7 +308,7 @@ async def tty_client_gone(runtime: OciRuntime, cid: str, bundle: Path) -> None:
 
 
 async def test_tty_client_gone(fake: tuple[OciRuntime, Path]) -> None:
-    await tty_client_gone(fake[0], "cid", fake[1])
+    await client_gone(fake[0], "cid", fake[1], lambda out: Stdio(stdin=Feed(), stdout=out, tty=True))
 
 
 async def test_tty_cancelled(fake: tuple[OciRuntime, Path]) -> None:
@@ -465,17 +396,8 @@ async def test_runc_tty_stdin_eof(container: tuple[OciRuntime, str, Path]) -> No
 
 
 async def test_runc_client_gone(container: tuple[OciRuntime, str, Path]) -> None:
-    runtime, cid, bundle = container
-    out = Collect()
-    out.stall.clear()
-    task = asyncio.ensure_future(run_exec(runtime, cid, str(bundle), ["yes"], Stdio(stdout=out, stderr=Collect())))
-    pid = await pid_of_exec(bundle)
-    out.fail_after = 0
-    out.stall.set()
-    with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(task, TIMEOUT)
-    assert gone(pid)
+    await client_gone(*container, lambda out: Stdio(stdout=out, stderr=Collect()))
 
 
 async def test_runc_tty_client_gone(container: tuple[OciRuntime, str, Path]) -> None:
-    await tty_client_gone(*container)
+    await client_gone(*container, lambda out: Stdio(stdin=Feed(), stdout=out, tty=True))

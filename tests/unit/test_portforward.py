@@ -15,6 +15,7 @@ import pytest
 from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cri.runtime import namespaces
 from cri.runtime.portforward import CHUNK, forward
+from tests.support.daemon import free_port
 
 TIMEOUT = 20.0
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -101,12 +102,6 @@ async def serving(handler: Handler, sock: socket.socket) -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def open_fds() -> set[str]:

@@ -9,6 +9,7 @@ import pytest
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
+from cri.host import HOST
 from cri.runtime import seccomp, spec
 
 DEFAULT_CAPS = list(spec.DEFAULT_CAPS)
@@ -370,5 +371,5 @@ def test_field_wins_over_deprecated_path() -> None:
 
 
 def test_host_helpers() -> None:
-    assert seccomp.kernel_version() >= (3, 0)
-    assert seccomp.host_arch()
+    assert HOST.kernel_version() >= (3, 0)
+    assert HOST.machine()

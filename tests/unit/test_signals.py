@@ -6,6 +6,7 @@ import pytest
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
+from cri.images.manifest import ImageConfig
 from cri.runtime.signals import signal_number, stop_signal
 
 
@@ -45,7 +46,7 @@ def test_stop_signal_invalid(raw: str) -> None:
 
 
 def test_stop_signal_from_the_request() -> None:
-    image = {"config": {"StopSignal": "SIGQUIT"}}
+    image: ImageConfig = {"config": {"StopSignal": "SIGQUIT"}}
     assert stop_signal(image, pb.SIGNAL_SIGUSR1) == "SIGUSR1"
     assert stop_signal(image, pb.SIGNAL_SIGRTMINPLUS3) == "SIGRTMIN+3"
     assert stop_signal(image, pb.SIGNAL_SIGRTMAXMINUS1) == "SIGRTMAX-1"

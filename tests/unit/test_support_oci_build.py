@@ -226,14 +226,6 @@ def test_big_image_shape() -> None:
     assert json.loads(image.config_bytes)["rootfs"]["diff_ids"] == [layer.diff_id for layer in image.layers]
 
 
-def test_challenge_parsing() -> None:
-    scheme, params = ob.parse_challenge(
-        'Bearer realm="http://127.0.0.1:1/token",service="reg",scope="repository:a/b:pull,push"'
-    )
-    assert scheme == "bearer"
-    assert params == {"realm": "http://127.0.0.1:1/token", "service": "reg", "scope": "repository:a/b:pull,push"}
-
-
 # ---------------------------------------------------------------- hostile layers
 
 

@@ -2,16 +2,17 @@
 modules, and the linux section's namespaces, sysctls and masked paths."""
 
 from dataclasses import dataclass
-from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
 from cri.host import HOST
+from cri.images.manifest import ImageConfig
 from cri.runtime import namespaces as podns
 from cri.runtime.spec.devices import build_devices
 from cri.runtime.spec.mounts import build_mounts
 from cri.runtime.spec.process import build_process, seccomp_profile
 from cri.runtime.spec.resources import apply_resources
+from cri.runtime.spec.types import Linux, Namespace, Resources, Spec
 
 OCI_VERSION = "1.0.2"
 DEFAULT_MASKED_PATHS = (
@@ -37,7 +38,7 @@ class SpecInputs:
     container_id: str
     config: pb.ContainerConfig
     sandbox_config: pb.PodSandboxConfig
-    image_config: dict[str, Any]  # the image's OCI config JSON ("config": Entrypoint, Cmd, Env, User, ...)
+    image_config: ImageConfig  # the image's OCI config JSON ("config": Entrypoint, Cmd, Env, User, ...)
     rootfs: str  # the container's mounted rootfs
     namespaces: dict[str, str]  # pod namespace files: "net", "ipc", "uts" -> path; absent = the host's
     pid_namespace: str  # PID namespace to join for POD / TARGET, "" for a new one; ignored for NODE
@@ -56,12 +57,12 @@ def _check_userns(opts: pb.NamespaceOption) -> None:
         raise InvalidArgument("user namespaces are not supported")
 
 
-def _namespaces(inputs: SpecInputs, privileged: bool) -> list[dict[str, str]]:
+def _namespaces(inputs: SpecInputs, privileged: bool) -> list[Namespace]:
     opts = inputs.config.linux.security_context.namespace_options
     pod_opts = inputs.sandbox_config.linux.security_context.namespace_options
     _check_userns(opts)
     _check_userns(pod_opts)
-    out = [{"type": "mount"}]
+    out: list[Namespace] = [{"type": "mount"}]
     for kind, oci in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
         if kind in inputs.namespaces:
             out.append({"type": oci, "path": inputs.namespaces[kind]})
@@ -118,7 +119,7 @@ def _annotations(inputs: SpecInputs) -> dict[str, str]:
     return out
 
 
-def build_spec(inputs: SpecInputs) -> dict[str, Any]:
+def build_spec(inputs: SpecInputs) -> Spec:
     """The OCI runtime spec (config.json) of a container."""
     config = inputs.config
     sc = config.linux.security_context
@@ -135,11 +136,11 @@ def build_spec(inputs: SpecInputs) -> dict[str, Any]:
 
     namespaces = _namespaces(inputs, privileged)
     devices, device_rules = build_devices(config, privileged)
-    resources: dict[str, Any] = {"devices": device_rules}
+    resources: Resources = {"devices": device_rules}
     if config.linux.HasField("resources"):
         apply_resources(resources, config.linux.resources)
 
-    linux: dict[str, Any] = {"namespaces": namespaces, "resources": resources}
+    linux: Linux = {"namespaces": namespaces, "resources": resources}
     mounts = build_mounts(
         config,
         sandbox_dir=inputs.sandbox_dir,

@@ -3,10 +3,10 @@
 import os
 import posixpath
 import stat
-from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
+from cri.runtime.spec.types import Device, DeviceRule
 
 # devices every container may use (containerd's WithDefaultUnixDevices; runc and crun add the same on their own)
 DEFAULT_DEVICE_RULES: tuple[tuple[str, int, int | None], ...] = (
@@ -24,7 +24,7 @@ DEFAULT_DEVICE_RULES: tuple[tuple[str, int, int | None], ...] = (
 _SKIP_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
 
 
-def _device(path: str) -> dict[str, Any] | None:
+def _device(path: str) -> Device | None:
     """A char or block device node (not following symlinks); None for anything else."""
     st = os.lstat(path)
     if stat.S_ISCHR(st.st_mode):
@@ -44,8 +44,8 @@ def _device(path: str) -> dict[str, Any] | None:
     }
 
 
-def _walk_devices(path: str, container_path: str) -> list[dict[str, Any]]:
-    out = []
+def _walk_devices(path: str, container_path: str) -> list[Device]:
+    out: list[Device] = []
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
         cpath = posixpath.join(container_path, entry.name)
         if entry.is_dir(follow_symlinks=False):
@@ -64,14 +64,14 @@ def _walk_devices(path: str, container_path: str) -> list[dict[str, Any]]:
     return out
 
 
-def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
+def host_devices(root: str = "/dev") -> list[Device]:
     """Every device node under ``root`` (containerd's HostDevices), for privileged containers."""
     return _walk_devices(root, root)
 
 
-def _cri_devices(config: pb.ContainerConfig) -> list[tuple[dict[str, Any], str]]:
+def _cri_devices(config: pb.ContainerConfig) -> list[tuple[Device, str]]:
     """The requested devices with their cgroup access; a directory brings every device inside it."""
-    out = []
+    out: list[tuple[Device, str]] = []
     for d in config.devices:
         access = d.permissions or "rwm"
         if set(access) - set("rwm"):
@@ -95,7 +95,7 @@ def _cri_devices(config: pb.ContainerConfig) -> list[tuple[dict[str, Any], str]]
     return out
 
 
-def build_devices(config: pb.ContainerConfig, privileged: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def build_devices(config: pb.ContainerConfig, privileged: bool) -> tuple[list[Device], list[DeviceRule]]:
     """The spec's linux.devices and linux.resources.devices: the requested
     devices (every host device for a privileged container) and the cgroup
     rules, deny-all plus the defaults and the requested ones."""
@@ -108,12 +108,13 @@ def build_devices(config: pb.ContainerConfig, privileged: bool) -> tuple[list[di
         paths = {d["path"] for d in devices}
         devices += [d for d in host_devices() if d["path"] not in paths]
         return devices, [{"allow": True, "access": "rwm"}]
-    rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
+    rules: list[DeviceRule] = [{"allow": False, "access": "rwm"}]
     for kind, major, minor in DEFAULT_DEVICE_RULES:
-        rule: dict[str, Any] = {"allow": True, "type": kind, "major": major}
+        rule: DeviceRule = {"allow": True, "type": kind, "major": major}
         if minor is not None:
             rule["minor"] = minor
-        rules.append({**rule, "access": "rwm"})
+        rule["access"] = "rwm"
+        rules.append(rule)
     for dev, access in requested:
         rules.append(
             {"allow": True, "type": dev["type"], "major": dev["major"], "minor": dev["minor"], "access": access}

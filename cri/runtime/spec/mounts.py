@@ -3,11 +3,11 @@ the CRI mounts with their propagation and (recursive) read-only options."""
 
 import os
 import posixpath
-from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
 from cri.host import HOST
+from cri.runtime.spec.types import Linux, Mount
 
 _PROPAGATION = {
     pb.PROPAGATION_PRIVATE: "rprivate",
@@ -59,7 +59,7 @@ def _host_cgroup_options() -> list[str]:
     return [o for o in HOST.cgroup2_options() if o in ("nsdelegate", "memory_recursiveprot")]
 
 
-def _default_mounts(privileged: bool, cgroupns: bool) -> list[dict[str, Any]]:
+def _default_mounts(privileged: bool, cgroupns: bool) -> list[Mount]:
     mode = "rw" if privileged else "ro"
     cgroup_opts = ["nosuid", "noexec", "nodev", "relatime", mode]
     if not cgroupns and HOST.cgroup_v2():
@@ -90,11 +90,11 @@ def _default_mounts(privileged: bool, cgroupns: bool) -> list[dict[str, Any]]:
     ]
 
 
-def _bind(src: str, dst: str, options: list[str]) -> dict[str, Any]:
+def _bind(src: str, dst: str, options: list[str]) -> Mount:
     return {"destination": dst, "type": "bind", "source": src, "options": options}
 
 
-def _cri_mount(m: pb.Mount, rro_supported: bool, linux: dict[str, Any]) -> dict[str, Any]:
+def _cri_mount(m: pb.Mount, rro_supported: bool, linux: Linux) -> Mount:
     """One CRI mount as a bind mount (containerd's WithMounts), with the checks
     it and CRI-O make; may create a missing host directory."""
     if not m.host_path:
@@ -142,7 +142,7 @@ def _cri_mount(m: pb.Mount, rro_supported: bool, linux: dict[str, Any]) -> dict[
     return _bind(src, posixpath.normpath(m.container_path), ["rbind", prop, access, *extra])
 
 
-def _pod_mounts(sandbox_dir: str, shm: str, readonly: bool) -> list[dict[str, Any]]:
+def _pod_mounts(sandbox_dir: str, shm: str, readonly: bool) -> list[Mount]:
     """/etc/hostname, /etc/hosts, /etc/resolv.conf of the pod (read-only only
     with a read-only rootfs, like containerd) and /dev/shm; a missing file is
     skipped, as containerd does."""
@@ -166,8 +166,8 @@ def build_mounts(
     rro_supported: bool,
     privileged: bool,
     cgroupns: bool,
-    linux: dict[str, Any],
-) -> list[dict[str, Any]]:
+    linux: Linux,
+) -> list[Mount]:
     """The spec's ``mounts``: default mounts, then the CRI mounts and the pod's
     mounts (files in ``sandbox_dir``, ``shm``: "" = the host's) sorted by depth
     so that a parent never shadows a child; a CRI mount replaces a pod or

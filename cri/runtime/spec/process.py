@@ -3,12 +3,14 @@ oom_score_adj; the AppArmor check and the seccomp profile, which depends on
 the capabilities."""
 
 import posixpath
-from typing import Any
+from typing import Any, cast
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
 from cri.host import CAPABILITIES, HOST
+from cri.images.manifest import ContainerDefaults, ImageConfig
 from cri.runtime import seccomp
+from cri.runtime.spec.types import Capabilities, Process
 from cri.runtime.users import resolve_user
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -31,7 +33,7 @@ DEFAULT_CAPS = (
 )
 
 
-def _image(image_config: dict[str, Any]) -> dict[str, Any]:
+def _image(image_config: ImageConfig) -> ContainerDefaults:
     """The image's "config" object, its fields crid reads checked for type."""
     config = image_config.get("config") or {}
     if not isinstance(config, dict):
@@ -43,10 +45,10 @@ def _image(image_config: dict[str, Any]) -> dict[str, Any]:
     for key in ("User", "WorkingDir"):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise InvalidArgument(f"image config: {key} is not a string")
-    return config
+    return cast(ContainerDefaults, config)
 
 
-def _args(config: pb.ContainerConfig, image: dict[str, Any]) -> list[str]:
+def _args(config: pb.ContainerConfig, image: ContainerDefaults) -> list[str]:
     """Kubernetes' command/args over the image's Entrypoint/Cmd (containerd's WithProcessArgs)."""
     command, args = list(config.command), list(config.args)
     if not command:
@@ -63,7 +65,7 @@ def _args(config: pb.ContainerConfig, image: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _env(config: pb.ContainerConfig, image: dict[str, Any], hostname: str) -> list[str]:
+def _env(config: pb.ContainerConfig, image: ContainerDefaults, hostname: str) -> list[str]:
     """PATH default, TERM for a tty, HOSTNAME, then the image's env and the
     request's, each replacing an earlier value of the same name in place."""
     env: dict[str, str] = {}
@@ -87,7 +89,7 @@ def _env(config: pb.ContainerConfig, image: dict[str, Any], hostname: str) -> li
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def _cwd(config: pb.ContainerConfig, image: dict[str, Any]) -> str:
+def _cwd(config: pb.ContainerConfig, image: ContainerDefaults) -> str:
     cwd = config.working_dir or image.get("WorkingDir") or "/"
     # runc wants an absolute cwd; docker resolves a relative WORKDIR against /
     return posixpath.normpath(posixpath.join("/", cwd))
@@ -102,7 +104,7 @@ def _cap_name(raw: str) -> str:
     return name
 
 
-def _capabilities(sc: pb.LinuxContainerSecurityContext) -> dict[str, list[str]]:
+def _capabilities(sc: pb.LinuxContainerSecurityContext) -> Capabilities:
     """Bounding/effective/permitted from the defaults plus adds minus drops;
     inheritable stays empty (containerd 1.7+, CRI-O: CVE-2022-24769) unless
     ambient capabilities are asked for. "ALL" in add is every capability the
@@ -136,7 +138,7 @@ def _capabilities(sc: pb.LinuxContainerSecurityContext) -> dict[str, list[str]]:
     ambient = wanted(list(caps.add_ambient_capabilities))
     dropped = {_cap_name(c) for c in drop}
     main = [c for c in dict.fromkeys([*base, *wanted(add), *ambient]) if c not in dropped]
-    out = {"bounding": main, "effective": list(main), "permitted": list(main)}
+    out: Capabilities = {"bounding": main, "effective": list(main), "permitted": list(main)}
     ambient = [c for c in dict.fromkeys(ambient) if c not in dropped]
     if ambient:
         # the CRI contract: an ambient capability is in every set (ambient needs permitted and inheritable)
@@ -165,8 +167,8 @@ def _oom_score_adj(config: pb.ContainerConfig, minimum: int) -> int | None:
 
 
 def build_process(
-    config: pb.ContainerConfig, image_config: dict[str, Any], *, rootfs: str, hostname: str, min_oom_score_adj: int
-) -> dict[str, Any]:
+    config: pb.ContainerConfig, image_config: ImageConfig, *, rootfs: str, hostname: str, min_oom_score_adj: int
+) -> Process:
     """The spec's ``process``; ``hostname`` is the pod's ("" = the node's),
     ``rootfs`` is where the user and group names are looked up."""
     sc = config.linux.security_context
@@ -175,7 +177,7 @@ def build_process(
 
     uid, gid, gids = resolve_user(rootfs, image.get("User") or "", sc)
     caps = _capabilities(sc)
-    process: dict[str, Any] = {
+    process: Process = {
         "terminal": config.tty,
         "user": {"uid": uid, "gid": gid, "additionalGids": gids},
         "args": _args(config, image),
@@ -190,7 +192,7 @@ def build_process(
     return process
 
 
-def seccomp_profile(sc: pb.LinuxContainerSecurityContext, capabilities: dict[str, list[str]]) -> dict[str, Any] | None:
+def seccomp_profile(sc: pb.LinuxContainerSecurityContext, capabilities: Capabilities) -> dict[str, Any] | None:
     """The spec's ``linux.seccomp``: resolved against the bounding set, since
     the default profile opens syscall groups by capability (mount with CAP_SYS_ADMIN)."""
     return seccomp.for_container(sc, capabilities["bounding"])

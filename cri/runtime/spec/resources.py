@@ -2,16 +2,18 @@
 
 import copy
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
 from cri.host import HOST
+from cri.runtime.spec.types import Cpu, Memory, Resources
 
 _HUGEPAGE_SIZE = re.compile(r"^[1-9][0-9]*(KB|MB|GB|TB|PB)$")
 
 
-def apply_resources(out: dict[str, Any], res: pb.LinuxContainerResources) -> dict[str, Any]:
+def apply_resources(out: Resources, res: pb.LinuxContainerResources) -> Resources:
     """containerd's WithResources onto ``out`` (an OCI linux.resources): zero
     means "not set" and leaves what is there."""
     for name, value, lo in (
@@ -23,7 +25,7 @@ def apply_resources(out: dict[str, Any], res: pb.LinuxContainerResources) -> dic
     ):
         if value < lo:
             raise InvalidArgument(f"{name} {value} is out of range")
-    cpu: dict[str, Any] = dict(out.get("cpu") or {})
+    cpu: Cpu = {**(out.get("cpu") or {})}
     if res.cpu_shares:
         cpu["shares"] = res.cpu_shares
     if res.cpu_quota:
@@ -36,7 +38,7 @@ def apply_resources(out: dict[str, Any], res: pb.LinuxContainerResources) -> dic
         cpu["mems"] = res.cpuset_mems
     if cpu:
         out["cpu"] = cpu
-    memory: dict[str, Any] = dict(out.get("memory") or {})
+    memory: Memory = {**(out.get("memory") or {})}
     limit, swap = res.memory_limit_in_bytes, res.memory_swap_limit_in_bytes
     if limit:
         memory["limit"] = limit
@@ -61,9 +63,10 @@ def apply_resources(out: dict[str, Any], res: pb.LinuxContainerResources) -> dic
     return out
 
 
-def update_resources(spec: dict[str, Any], resources: pb.LinuxContainerResources) -> dict[str, Any]:
+def update_resources(spec: Mapping[str, Any], resources: pb.LinuxContainerResources) -> Resources:
     """The container's new linux.resources (for ``runc update --resources -``
     and to store back in the spec): its current ones with the request's
-    non-zero values applied, as containerd's UpdateContainerResources does."""
-    current = copy.deepcopy((spec.get("linux") or {}).get("resources") or {})
+    non-zero values applied, as containerd's UpdateContainerResources does.
+    ``spec`` is the config.json crid wrote, read back: its resources are a Resources."""
+    current = cast(Resources, copy.deepcopy((spec.get("linux") or {}).get("resources") or {}))
     return apply_resources(current, resources)

@@ -7,17 +7,16 @@ unchanged tree reuses the images. The Debian rootfs tarball is cached beside it 
 A lock file serialises builds of concurrent runs; stale builds are removed after a successful one.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support import oci_build
+from tests.support.cache_lock import locked
 from tests.support.corpus import buildah_images, debian, derived, stage, tar_images, umoci_images
 from tests.support.corpus.model import Built, Corpus, CorpusImage, describe
 from tests.support.corpus.tools import Tools
@@ -59,16 +58,6 @@ def source_key(tools: Tools) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _build_all(tools: Tools, out: Path, work: Path, debian_tar: Path) -> list[Built]:
     built: list[Built] = []
     built += buildah_images.bud(tools, out, work)
@@ -88,7 +77,7 @@ def ensure(log: Callable[[str], None] = print) -> tuple[Corpus, float]:
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with _locked(cache):
+    with locked(cache):
         work = Path(tempfile.mkdtemp(prefix="work-", dir=cache))
         try:
             lines: list[str] = []
