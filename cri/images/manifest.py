@@ -72,8 +72,18 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 
 def user_of(config: ImageConfig) -> tuple[int | None, str]:
     """uid or user name from the image config's User (``:group`` ignored)."""
-    defaults = cast(dict[str, Any], config.get("config") or {})  # unchecked: a non-object raises AttributeError
-    user = str(defaults.get("User") or "").split(":", 1)[0]
+    defaults = config.get("config")
+    if defaults is None:
+        defaults = {}
+    # containerd's unmarshalling into an OCI image config refuses these too
+    if not isinstance(defaults, dict):
+        raise FailedPrecondition("image config: 'config' is not a JSON object")
+    raw = defaults.get("User")
+    if raw is None:
+        raw = ""
+    if not isinstance(raw, str):
+        raise FailedPrecondition("image config: 'config.User' is not a string")
+    user = raw.split(":", 1)[0]
     if not user:
         return None, ""
     return (int(user), "") if user.isdigit() else (None, user)
