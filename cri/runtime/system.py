@@ -8,10 +8,10 @@ threads by the callers, as before.
 """
 
 import os
-from typing import Any
 
 from cri.runtime import cgroups, infra, monitor, namespaces, podfiles, procs
 from cri.runtime.spec import SpecInputs, build_spec
+from cri.runtime.spec.types import Spec
 
 
 def _own_oom_score_adj() -> int:
@@ -82,5 +82,5 @@ class System:
         """crid's own: no container gets a lower one."""
         return _own_oom_score_adj()
 
-    def build_spec(self, inputs: SpecInputs) -> dict[str, Any]:
+    def build_spec(self, inputs: SpecInputs) -> Spec:
         return build_spec(inputs)

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cri.api.v1 import api_pb2 as pb
 from cri.cni import PodNetwork
@@ -22,6 +22,7 @@ from cri.runtime.handlers import Handlers
 from cri.runtime.monitor import MonitorSpec
 from cri.runtime.pods import Pods
 from cri.runtime.spec import SpecInputs
+from cri.runtime.spec.types import Spec
 from cri.runtime.system import System
 from cri.store import Store
 
@@ -141,9 +142,9 @@ class FakeSystem(System):
     def oom_score_adj(self) -> int:
         return 0
 
-    def build_spec(self, inputs: SpecInputs) -> dict[str, Any]:
+    def build_spec(self, inputs: SpecInputs) -> Spec:
         self.faults.check("build_spec")
-        return {"process": {"args": ["sh"], "user": {"uid": 1000, "gid": 1000}, "env": []}, "linux": {}}
+        return cast(Spec, {"process": {"args": ["sh"], "user": {"uid": 1000, "gid": 1000}, "env": []}, "linux": {}})
 
 
 @dataclass
