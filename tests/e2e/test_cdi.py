@@ -205,7 +205,7 @@ def test_spec_changes_are_picked_up(env: Env, pod: Pod) -> None:
         write("one")
         cid = pod.run("late1", ["sleep", "300"], CDI_devices=late)
         assert "LATE=one" in sh(pod, cid, "env")[1]
-        time.sleep(0.01)  # a new mtime tick is not needed (size and inode count too), but the edit is in place
+        time.sleep(0.01)  # edited in place: a new mtime (its size changes too)
         write("twenty-two")
         cid = pod.run("late2", ["sleep", "300"], CDI_devices=late)
         assert "LATE=twenty-two" in sh(pod, cid, "env")[1]
