@@ -206,6 +206,21 @@ class StreamingConfig(_Section):
         return self
 
 
+class CdiConfig(_Section):
+    spec_dirs: list[str] = Field(
+        default_factory=lambda: ["/etc/cdi", "/var/run/cdi"],
+        description=(
+            "Directories of CDI spec files (*.json, *.yaml), read again when they change; "
+            "a device in a later dir overrides one in an earlier dir; [] refuses every CDI device"
+        ),
+    )
+
+    @field_validator("spec_dirs")
+    @classmethod
+    def _dirs(cls, v: list[str]) -> list[str]:
+        return [_absolute(p) for p in v]
+
+
 # ListPodSandboxMetrics groups crid collects (CRI-O's names; its hugetlb group is not collected)
 POD_METRIC_GROUPS = ("cpu", "memory", "network", "oom", "process", "spec", "pressure", "disk", "diskIO")
 
@@ -257,6 +272,7 @@ class Config(_Section):
         description="Streaming server for exec, attach and port-forward",
     )
     stats: StatsConfig = Field(default_factory=lambda: StatsConfig(), description="Pod stats and CRI metrics")
+    cdi: CdiConfig = Field(default_factory=lambda: CdiConfig(), description="CDI devices (Container Device Interface)")
 
     _abs = field_validator("root_dir", "state_dir")(_absolute)
 

@@ -8,8 +8,10 @@ threads by the callers, as before.
 """
 
 import os
+from typing import Any
 
 from cri.runtime import cgroups, infra, monitor, namespaces, podfiles, procs
+from cri.runtime.cdi import Registry
 from cri.runtime.spec import SpecInputs, build_spec
 from cri.runtime.spec.types import Spec
 
@@ -23,6 +25,9 @@ def _own_oom_score_adj() -> int:
 
 
 class System:
+    def __init__(self, cdi: Registry | None = None) -> None:
+        self.cdi = cdi if cdi is not None else Registry()  # the CDI spec dirs ([cdi] spec_dirs)
+
     # --- namespaces, mounts, pod files -------------------------------------------------------
 
     def create_namespaces(self, directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
@@ -83,4 +88,8 @@ class System:
         return _own_oom_score_adj()
 
     def build_spec(self, inputs: SpecInputs) -> Spec:
-        return build_spec(inputs)
+        return build_spec(inputs, self.cdi)
+
+    def cdi_status(self) -> dict[str, Any]:
+        """The CDI spec dirs, devices and spec file errors (Status verbose)."""
+        return self.cdi.status()

@@ -18,10 +18,12 @@ from cri.cni import CniManager
 from cri.config import Config
 from cri.images.manager import Images
 from cri.log import fields
+from cri.runtime.cdi import Registry
 from cri.runtime.containers import Containers
 from cri.runtime.events import EventBus
 from cri.runtime.handlers import Handlers
 from cri.runtime.pods import Pods
+from cri.runtime.system import System
 from cri.server.image_service import ImageServicer
 from cri.server.metrics import MetricsServer
 from cri.server.ownership import Ownership, StartupError, make_dir
@@ -110,8 +112,9 @@ class Daemon:
         images = Images(cfg, store)
         cni = CniManager(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root_dir, "cni", "results"))
         handlers = Handlers(cfg)
-        pods = Pods(cfg, store, cni, handlers, self.events)
-        containers = Containers(cfg, store, pods, images, handlers, self.events)
+        system = System(cdi=Registry(cfg.cdi.spec_dirs))
+        pods = Pods(cfg, store, cni, handlers, self.events, system)
+        containers = Containers(cfg, store, pods, images, handlers, self.events, system)
         wire(pods, images, containers)
         STATE.attach(cfg, self.gate, pods, containers)
         try:

@@ -129,6 +129,8 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         reply.info["apparmor"] = json.dumps(
             {"supported": False, "kernelEnabled": handlers.apparmor_enabled(), "profiles": "unconfined only"}
         )
+        # CDI: the spec dirs, the devices found and the errors of the spec files skipped (read again if changed)
+        reply.info["cdi"] = json.dumps(await asyncio.to_thread(self.containers.system.cdi_status))
         return reply
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Any) -> pb.RuntimeConfigResponse:

@@ -52,6 +52,8 @@ def test_defaults() -> None:
     assert c.images.registry_config_dir == "/etc/crid/certs.d"
     assert c.handler_root("runc") == "/run/crid/runtime/runc"
     assert c.metrics.address.startswith("127.0.0.1:")
+    assert c.cdi.spec_dirs == ["/etc/cdi", "/var/run/cdi"]  # the CDI library's, in its order
+    assert configmod.from_dict({"cdi": {"spec_dirs": ["/x/", "/y"]}}).cdi.spec_dirs == ["/x", "/y"]
 
 
 def _error(text: str) -> str:
@@ -82,6 +84,7 @@ def _error(text: str) -> str:
         ("[runtime.handlers.kata]\nroot = '/x'", "runtime.handlers.kata.binary: required key is missing"),
         ("[runtime]\ncgroup_driver = 'systemd'", "runtime.cgroup_driver"),
         ("[cni]\nbin_dirs = []", "at least one CNI bin dir"),
+        ("[cdi]\nspec_dirs = ['cdi']", "cdi.spec_dirs: must be an absolute path"),
     ],
 )
 def test_bad_config_messages(text: str, expected: str) -> None:

@@ -8,6 +8,7 @@ from cri.errors import InvalidArgument
 from cri.host import HOST
 from cri.images.manifest import ImageConfig
 from cri.runtime import namespaces as podns
+from cri.runtime.cdi import Registry, requested_devices
 from cri.runtime.spec.devices import build_devices
 from cri.runtime.spec.mounts import build_mounts
 from cri.runtime.spec.process import build_process, seccomp_profile
@@ -119,9 +120,14 @@ def _annotations(inputs: SpecInputs) -> dict[str, str]:
     return out
 
 
-def build_spec(inputs: SpecInputs) -> Spec:
-    """The OCI runtime spec (config.json) of a container."""
+_DEFAULT_CDI = Registry()
+
+
+def build_spec(inputs: SpecInputs, cdi: Registry | None = None) -> Spec:
+    """The OCI runtime spec (config.json) of a container; CDI devices from ``cdi``
+    (default: the default spec dirs)."""
     config = inputs.config
+    cdi_devices = requested_devices(config)
     sc = config.linux.security_context
     privileged = sc.privileged
     if privileged and not inputs.sandbox_config.linux.security_context.privileged:
@@ -169,7 +175,7 @@ def build_spec(inputs: SpecInputs) -> Spec:
         linux["seccomp"] = profile
 
     # no "hostname": containers share the pod's UTS namespace (or the host's), where it is already set
-    return {
+    spec: Spec = {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": inputs.rootfs, "readonly": sc.readonly_rootfs},
@@ -177,3 +183,6 @@ def build_spec(inputs: SpecInputs) -> Spec:
         "annotations": _annotations(inputs),
         "linux": linux,
     }
+    # last, as containerd's WithCDI: the edits see (and may replace) everything else
+    (cdi or _DEFAULT_CDI).inject(spec, cdi_devices)
+    return spec

@@ -42,9 +42,9 @@ class Root(TypedDict):
 
 class Mount(TypedDict):
     destination: str
-    type: str
+    type: NotRequired[str]  # crid's own mounts always have both; a CDI mount may have neither
     source: str
-    options: list[str]
+    options: NotRequired[list[str]]
 
 
 class Namespace(TypedDict):
@@ -59,9 +59,9 @@ class Device(TypedDict):
     type: str  # "c" or "b"
     major: int
     minor: int
-    fileMode: int
-    uid: int
-    gid: int
+    fileMode: NotRequired[int]  # absent (runc's defaults: 0666, root) only for a CDI device that omits them
+    uid: NotRequired[int]
+    gid: NotRequired[int]
 
 
 class DeviceRule(TypedDict):
@@ -72,6 +72,36 @@ class DeviceRule(TypedDict):
     major: NotRequired[int]
     minor: NotRequired[int]
     access: NotRequired[str]
+
+
+class Hook(TypedDict):
+    path: str
+    args: NotRequired[list[str]]
+    env: NotRequired[list[str]]
+    timeout: NotRequired[int]
+
+
+class Hooks(TypedDict, total=False):
+    """Only CDI specs add hooks (crid itself runs none)."""
+
+    prestart: list[Hook]
+    createRuntime: list[Hook]
+    createContainer: list[Hook]
+    startContainer: list[Hook]
+    poststart: list[Hook]
+    poststop: list[Hook]
+
+
+class IntelRdt(TypedDict, total=False):
+    closID: str
+    l3CacheSchema: str
+    memBwSchema: str
+    schemata: list[str]
+    enableMonitoring: bool
+
+
+class NetDevice(TypedDict, total=False):
+    name: str
 
 
 class Cpu(TypedDict, total=False):
@@ -110,6 +140,8 @@ class Linux(TypedDict):
     maskedPaths: NotRequired[list[str]]
     readonlyPaths: NotRequired[list[str]]
     seccomp: NotRequired[dict[str, Any]]  # cri.runtime.seccomp resolves it from a user's JSON profile
+    intelRdt: NotRequired[IntelRdt]  # this and netDevices from CDI specs only
+    netDevices: NotRequired[dict[str, NetDevice]]
 
 
 class Spec(TypedDict):
@@ -119,3 +151,4 @@ class Spec(TypedDict):
     mounts: list[Mount]
     annotations: dict[str, str]
     linux: Linux
+    hooks: NotRequired[Hooks]

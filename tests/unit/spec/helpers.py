@@ -81,15 +81,15 @@ def check_oci(doc: Mapping[str, Any]) -> None:
         assert all(c in CAPABILITIES for c in caps)
     for m in doc["mounts"]:
         assert m["destination"].startswith("/")
-        assert isinstance(m["type"], str) and isinstance(m["source"], str)
-        assert all(isinstance(o, str) for o in m["options"])
+        assert isinstance(m.get("type", ""), str) and isinstance(m["source"], str)  # a CDI mount may omit them
+        assert all(isinstance(o, str) for o in m.get("options", []))
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in doc["annotations"].items())
     linux = doc["linux"]
     types = [n["type"] for n in linux["namespaces"]]
     assert set(types) <= NAMESPACE_TYPES and len(types) == len(set(types))
     assert all(isinstance(n.get("path", ""), str) for n in linux["namespaces"])
     for rule in linux["resources"]["devices"]:
-        assert isinstance(rule["allow"], bool) and set(rule["access"]) <= set("rwm")
+        assert isinstance(rule["allow"], bool) and set(rule.get("access", "")) <= set("rwm")
     for dev in linux.get("devices", []):
         assert {"path", "type", "major", "minor"} <= set(dev) and dev["type"] in ("c", "b", "u", "p")
     assert all(isinstance(x, str) for x in linux.get("maskedPaths", []) + linux.get("readonlyPaths", []))

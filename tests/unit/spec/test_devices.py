@@ -69,8 +69,3 @@ def test_cri_device_directory(env: Path) -> None:
 def test_cri_device_errors(env: Path, device: pb.Device, match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         build(env, cc(devices=[device]))
-
-
-def test_cdi_devices_not_silently_dropped(env: Path) -> None:
-    with pytest.raises(InvalidArgument, match=r"vendor\.com/gpu=0"):
-        build(env, cc(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]))
