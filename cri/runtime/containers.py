@@ -22,7 +22,7 @@ from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import monitor
+from cri.runtime import checkpoint, monitor
 from cri.runtime.attach import attach as attach_stdio
 from cri.runtime.container_exits import Exits, exited, wait_for_file
 from cri.runtime.container_store import Container, ContainerStore, State
@@ -418,6 +418,9 @@ class Containers:
         doc = update_resources(spec, resources)
         await self.handlers.runtime(c.handler).update(c.id, doc, self.bundle(c.id))
         self.store.update(c, resources=resources.SerializeToString())
+
+    async def checkpoint(self, cid: str, location: str, timeout: int) -> None:  # noqa: ASYNC109 (the CRI field)
+        await checkpoint.checkpoint(self, cid, location, timeout)  # the container keeps running
 
     # --- stats ----------------------------------------------------------------------------
 

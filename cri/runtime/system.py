@@ -8,7 +8,7 @@ threads by the callers, as before.
 """
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from cri.runtime import cgroups, infra, monitor, namespaces, podfiles, procs
 from cri.runtime.spec import SpecInputs, build_spec
@@ -83,4 +83,4 @@ class System:
         return _own_oom_score_adj()
 
     def build_spec(self, inputs: SpecInputs) -> dict[str, Any]:
-        return build_spec(inputs)
+        return cast(dict[str, Any], build_spec(inputs))  # written out as JSON; Containers reads a few keys
