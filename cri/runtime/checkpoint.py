@@ -258,13 +258,14 @@ def write_archive(
 
 
 def _criu_error(work: str) -> str:
-    """CRIU's last error line in dump.log (runc's own message only points at the log)."""
-    last = ""
+    """CRIU's first error in dump.log, the cause (the later ones follow from it): runc's
+    own message only points at the log, which goes with the staging dir."""
     with contextlib.suppress(OSError), open(os.path.join(work, DUMP_LOG), errors="replace") as f:
         for line in f:
-            if "Error" in line:
-                last = line.strip()
-    return last
+            at = line.find("Error (")
+            if at >= 0:
+                return line[at:].strip()  # without the "(00.037583) " timestamp
+    return ""
 
 
 @dataclass(frozen=True)
@@ -378,9 +379,9 @@ async def _dump(runtime: "Runtime", cid: str, staging: str, deadline: _Deadline)
         await runtime.checkpoint(cid, images, staging, max(deadline.left(), 1.0))
     except FailedPrecondition as exc:
         deadline.check()  # a runtime killed at the time limit: DEADLINE_EXCEEDED, not its message
-        criu = _criu_error(staging)
+        runc, criu = str(exc).split("\nlog file:")[0], _criu_error(staging)
         raise FailedPrecondition(
-            f"checkpoint of container {cid} failed: {exc}" + (f"; {criu}" if criu else "")
+            f"checkpoint of container {cid} failed: {runc}" + (f"; {criu}" if criu else "")
         ) from exc
     deadline.check()
 

@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 
 from cri.api.v1 import api_pb2 as pb
 from cri.runtime.checkpoint import CriuSupport, probe_criu
+from tests.e2e.conftest import Daemons
 from tests.e2e.harness import CridProcess
 from tests.e2e.test_containers import Pod, env
 from tests.support.cni_net import Network
@@ -135,6 +137,44 @@ def test_unknown_empty_and_exited_containers(env: Env, counter: tuple[Pod, str],
     err = _error(d, done, location)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "is exited, not running" in err.details()
     assert os.listdir(tmp_path) == []
+
+
+def test_runc_checkpoint_runs_and_its_failure_resumes_the_container(
+    env: Env, daemons: Daemons, criu: CriuSupport, tmp_path: Path
+) -> None:
+    """With a stand-in criu that passes `criu check` (and hands runc's calls to the
+    real one), crid goes all the way: pause, `runc checkpoint`, resume. The real
+    criu then fails the dump as its own check said it would."""
+    real = shutil.which("criu")
+    if real is None or criu.supported:
+        pytest.skip("needs an installed criu whose check fails (where it passes, the real checkpoint is tested)")
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir()
+    (stand_in / "criu").write_text(
+        f'#!/bin/sh\n[ "$1" = check ] && {{ echo "Looks good."; exit 0; }}\nexec {real} "$@"\n'
+    )
+    (stand_in / "criu").chmod(0o755)
+    d = daemons.new("standin", env={"PATH": f"{stand_in}:{os.environ['PATH']}"}).start()
+    _, image, _ = env
+    d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    host = pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(network=pb.NODE))
+    p = Pod(d, image, "standin", security_context=host)
+    try:
+        assert json.loads(d.client.runtime.Status(pb.StatusRequest(verbose=True)).info["checkpoint"])["supported"]
+        cid = p.run("counter", COUNTER)
+        _wait_count(p, cid, 2)
+        location = tmp_path / "out" / "ckpt.tar"
+        location.parent.mkdir()
+        err = _error(d, cid, str(location))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details().startswith(f"checkpoint of container {cid} failed: runc checkpoint: criu failed")
+        assert "; Error (criu/" in err.details() and "log file:" not in err.details()  # CRIU's cause, from dump.log
+        assert os.listdir(location.parent) == []
+        assert not [n for n in os.listdir(Path(d.root, "containers", cid)) if n.startswith("checkpoint-")]
+        before = _count(p, cid)
+        assert p.status(cid).state == pb.CONTAINER_RUNNING and _wait_count(p, cid, before) > before  # resumed
+    finally:
+        p.remove()
 
 
 def _member(data: bytes, name: str) -> bytes:

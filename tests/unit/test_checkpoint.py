@@ -259,13 +259,18 @@ def test_where_criu_fails_the_check_the_reason_is_criu_s_and_nothing_is_done(tmp
 def test_a_failed_dump_resumes_the_container_and_leaves_nothing(tmp_path: Path) -> None:
     async def refusing(cid: str, images: str, work: str, time_limit: float) -> None:
         """runc's answer when CRIU fails: its message only points at dump.log."""
-        Path(work, "dump.log").write_text("Error (criu/cr-dump.c:2): Dumping FAILED.\n")  # noqa: ASYNC240
-        raise FailedPrecondition("runc checkpoint: criu failed: type NOTIFY errno 0")
+        log = "(00.01) Dumping\n(00.02) Error (criu/vdso.c:381): vdso: bounds\n(00.03) Error (criu/x.c:1): later\n"
+        Path(work, "dump.log").write_text(log)  # noqa: ASYNC240
+        raise FailedPrecondition(f"runc checkpoint: criu failed: type DUMP errno 0\nlog file: {work}/dump.log")
 
     async def body(node: Node, cid: str, location: str) -> None:
         node.runtime.checkpoint = refusing  # type: ignore[method-assign,assignment]
-        with pytest.raises(FailedPrecondition, match=r"criu failed: type NOTIFY errno 0; Error .*Dumping FAILED"):
+        with pytest.raises(FailedPrecondition) as err:
             await node.containers.checkpoint(cid, location, 0)
+        assert str(err.value) == (
+            f"checkpoint of container {cid} failed: runc checkpoint: criu failed: type DUMP errno 0; "
+            "Error (criu/vdso.c:381): vdso: bounds"
+        )
         assert _calls(node) == ["runtime.pause", "runtime.resume"] and _left(node, cid, location) == []
         assert node.runtime.containers[cid].status == "running"
 
