@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import stat
@@ -29,12 +30,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
-from cri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, quote
+from cri.errors import CridError, DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, quote
+from cri.log import fields
 from cri.runtime.container_store import Container, State
 
 if TYPE_CHECKING:
     from cri.runtime.containers import Containers
     from cri.runtime.oci import Runtime
+
+log = logging.getLogger(__name__)
 
 CRIU = "criu"  # looked up in PATH, as runc does (its --criu default)
 CHECK_TIMEOUT = 30.0  # `criu check` at startup
@@ -42,6 +46,8 @@ DEFAULT_TIMEOUT = 300  # seconds, when the request says 0 ("the CRI default")
 
 CONFIG_DUMP, SPEC_DUMP, IMAGES_DIR = "config.dump", "spec.dump", "checkpoint"
 ROOTFS_DIFF, DELETED_FILES, DUMP_LOG, STATS_DUMP = "rootfs-diff.tar", "deleted.files", "dump.log", "stats-dump"
+STAGING_PREFIX = "checkpoint-"  # the staging dirs in a container's persist dir
+PARTIAL = "partial"  # in a staging dir: the path of the archive being written
 # overlayfs marks a directory that hides the lower layers' one with this xattr ("y");
 # the user. one when mounted with userxattr
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -315,18 +321,19 @@ async def export(runtime: "Runtime", criu: CriuSupport, target: Target, location
         raise FailedPrecondition(f"checkpointing container {c.id} is not supported on this node: {criu.reason}")
     deadline = _Deadline(seconds)
     spec = await asyncio.to_thread(_read_spec, os.path.join(target.bundle, "config.json"))
-    staging = await asyncio.to_thread(tempfile.mkdtemp, prefix="checkpoint-", dir=target.persist)
+    staging = await asyncio.to_thread(tempfile.mkdtemp, prefix=STAGING_PREFIX, dir=target.persist)
     directory, base = os.path.split(location)
     partial = ""
     try:
         fd, partial = _partial(directory, base, location)
         with os.fdopen(fd, "wb") as out:
+            _write_text(os.path.join(staging, PARTIAL), partial)  # for recovery, should crid die meanwhile
             await runtime.pause(c.id)
             try:  # paused, the layer's files are those of the dumped memory
                 await _dump(runtime, c.id, staging, deadline)
                 diff = await asyncio.to_thread(_write_diff, staging, target, _skip_paths(spec), deadline, location)
             finally:
-                await runtime.resume(c.id)
+                await _resume(runtime, c.id)
             await asyncio.to_thread(_write_archive, staging, c, spec, diff, out, deadline, location)
         os.replace(partial, location)
         partial = ""
@@ -335,6 +342,43 @@ async def export(runtime: "Runtime", criu: CriuSupport, target: Target, location
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial)
         await asyncio.to_thread(shutil.rmtree, staging, True)
+
+
+async def _resume(runtime: "Runtime", cid: str) -> None:
+    try:
+        await runtime.resume(cid)
+    except CridError as exc:
+        log.error("container left paused after its checkpoint", extra=fields(id=cid, error=str(exc)))
+        raise FailedPrecondition(f"container {cid} could not be resumed after its checkpoint: {exc}") from exc
+
+
+async def recover(runtime: "Runtime", c: Container, persist: str) -> None:
+    """At startup: a checkpoint crid did not finish (it died meanwhile) has its container
+    resumed (crid pauses containers only to checkpoint them), its partial archive and
+    staging dir removed."""
+    staged: list[str] = []
+    with contextlib.suppress(FileNotFoundError):
+        staged = [os.path.join(persist, n) for n in os.listdir(persist) if n.startswith(STAGING_PREFIX)]
+    if not staged:
+        return
+    log.warning("unfinished checkpoint found; undoing it", extra=fields(id=c.id, staging=staged))
+    state = await runtime.state(c.id)
+    if state is not None and state.get("status") == "paused":
+        await _resume(runtime, c.id)
+    for staging in staged:
+        with contextlib.suppress(OSError):
+            os.unlink(_read_text(os.path.join(staging, PARTIAL)))
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _partial(directory: str, base: str, location: str) -> tuple[int, str]:

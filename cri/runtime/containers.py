@@ -471,6 +471,7 @@ class Containers:
                     continue
                 self.store.delete(c)
             elif c.state in (State.CREATED, State.RUNNING):
+                await checkpoint.recover(self.handlers.runtime(c.handler), c, self.persist(c.id))
                 await self.exits.reconcile(c, self.bundle(c.id))
 
 

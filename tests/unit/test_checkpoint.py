@@ -291,6 +291,28 @@ def test_a_dump_past_the_timeout_is_deadline_exceeded(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_a_checkpoint_cut_short_by_a_crash_is_undone_at_startup(tmp_path: Path) -> None:
+    async def body(node: Node, cid: str, location: str) -> None:
+        held = node.faults.hold("runtime.checkpoint")
+        task = asyncio.create_task(node.containers.checkpoint(cid, location, 0))
+        while "runtime.checkpoint" not in node.faults.calls:  # noqa: ASYNC110 (the fake logs, it has no event)
+            await asyncio.sleep(0.01)
+        assert node.runtime.containers[cid].status == "paused" and len(os.listdir(os.path.dirname(location))) == 1
+        after = node.reopened()  # crid died in the dump: a new daemon on the same state
+        await after.start()
+        try:
+            assert node.runtime.containers[cid].status == "running" and _left(after, cid, location) == []
+            assert after.containers.get(cid).state == State.RUNNING
+        finally:
+            task.cancel()
+            held.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await after.close()
+
+    run(tmp_path, body)
+
+
 def test_request_errors_come_before_any_work(tmp_path: Path) -> None:
     async def body(node: Node, cid: str, location: str) -> None:
         with pytest.raises(NotFound):
