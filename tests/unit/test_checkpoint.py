@@ -185,6 +185,27 @@ def test_probe_gives_up_on_a_hung_criu(tmp_path: Path) -> None:
     assert not found.supported and "did not finish within 0.2s" in found.reason
 
 
+def test_runc_command_lines(tmp_path: Path) -> None:
+    from cri.runtime.oci import OciRuntime
+
+    argv = tmp_path / "argv"
+    runc = _script(tmp_path, f'echo "$@" | sed "s|--log [^ ]*|--log LOG|" >> {argv}\n')
+    runtime = OciRuntime("runc", runc, str(tmp_path / "root"))
+
+    async def main() -> None:
+        await runtime.pause("c1")
+        await runtime.checkpoint("c1", "/s/checkpoint", "/s", 5.0)
+        await runtime.resume("c1")
+
+    asyncio.run(main())
+    common = f"--root {tmp_path / 'root'} --log LOG --log-format json"
+    assert argv.read_text().splitlines() == [
+        f"{common} pause c1",
+        f"{common} checkpoint --image-path /s/checkpoint --work-path /s --leave-running --file-locks c1",
+        f"{common} resume c1",
+    ]
+
+
 # --- through Containers, on the fake runtime --------------------------------------------------
 
 
