@@ -59,11 +59,13 @@ async def probe_features(runtime: Runtime) -> HandlerFeatures:
 class Handlers:
     """The configured handlers, the OCI runtime of each, and what each supports (probed at startup)."""
 
-    def __init__(self, config: Config, factory: RuntimeFactory = OciRuntime, criu: CriuProbe = probe_criu) -> None:
+    def __init__(
+        self, config: Config, factory: RuntimeFactory = OciRuntime, criu_probe: CriuProbe = probe_criu
+    ) -> None:
         self.config = config
         self.factory = factory
         self.features = {name: HandlerFeatures() for name in config.runtime.handlers}
-        self.probe_criu = criu
+        self.criu_probe = criu_probe
         self.criu: CriuSupport = UNPROBED  # whether CheckpointContainer can work (checkpoint.py)
 
     def runtime(self, handler: str) -> Runtime:
@@ -79,7 +81,7 @@ class Handlers:
     async def probe(self) -> None:
         names = list(self.config.runtime.handlers)
         found, self.criu = await asyncio.gather(
-            asyncio.gather(*(probe_features(self.runtime(n)) for n in names)), self.probe_criu()
+            asyncio.gather(*(probe_features(self.runtime(n)) for n in names)), self.criu_probe()
         )
         self.features = dict(zip(names, found, strict=True))
         log.info("runtime handler features", extra={"crid_fields": {n: vars(f) for n, f in self.features.items()}})

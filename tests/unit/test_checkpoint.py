@@ -185,6 +185,22 @@ def test_probe_gives_up_on_a_hung_criu(tmp_path: Path) -> None:
     assert not found.supported and "did not finish within 0.2s" in found.reason
 
 
+def test_handlers_probe_criu_at_startup(tmp_path: Path) -> None:
+    from cri.runtime.handlers import Handlers
+
+    node = Node(tmp_path)
+    found = CriuSupport(False, "criu check failed: vdso")
+
+    async def probe() -> CriuSupport:
+        return found
+
+    handlers = Handlers(node.config, lambda name, binary, root: node.runtime, criu_probe=probe)
+    assert handlers.criu == checkpoint.UNPROBED and not handlers.criu.supported
+    asyncio.run(handlers.probe())
+    assert handlers.criu is found
+    node.store.close()
+
+
 def test_runc_command_lines(tmp_path: Path) -> None:
     from cri.runtime.oci import OciRuntime
 
