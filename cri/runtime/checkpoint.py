@@ -8,6 +8,7 @@ layout CRI-O and containerd write and checkpointctl reads:
     rootfs-diff.tar    what the container added or changed: its overlay upper dir, whiteouts left out
     deleted.files      JSON list of the paths the container deleted (the upper dir's whiteouts)
     dump.log, stats-dump   CRIU's log and timings
+    container.log      the container's log (containerd's name for it)
 
 The container keeps running (kubelet's forensic checkpointing). It is paused
 meanwhile, as CRI-O does, so the files match the memory. Whether CRIU works is
@@ -46,6 +47,7 @@ DEFAULT_TIMEOUT = 300  # seconds, when the request says 0 ("the CRI default")
 
 CONFIG_DUMP, SPEC_DUMP, IMAGES_DIR = "config.dump", "spec.dump", "checkpoint"
 ROOTFS_DIFF, DELETED_FILES, DUMP_LOG, STATS_DUMP = "rootfs-diff.tar", "deleted.files", "dump.log", "stats-dump"
+CONTAINER_LOG = "container.log"  # the container's CRI log so far, named as containerd names it
 STAGING_PREFIX = "checkpoint-"  # the staging dirs in a container's persist dir
 PARTIAL = "partial"  # in a staging dir: the path of the archive being written
 # overlayfs marks a directory that hides the lower layers' one with this xattr ("y");
@@ -242,7 +244,7 @@ def write_archive(
     out: IO[bytes],
     deadline: _Deadline | None = None,
 ) -> None:
-    """The archive: the metadata, and ``staging``'s CRIU images, logs and rootfs-diff.tar."""
+    """The archive: the metadata, ``staging``'s CRIU images, logs and rootfs-diff.tar, the container's log."""
     now = time.time_ns()
     docs: dict[str, object] = {CONFIG_DUMP: config_dump(c, now), SPEC_DUMP: spec}
     if diff.deleted:
@@ -261,6 +263,8 @@ def write_archive(
                     if deadline is not None:
                         deadline.check()
                     tar.add(os.path.join(path, image), arcname=f"{name}/{image}", filter=_numeric)
+        if c.log_path and os.path.isfile(c.log_path):
+            tar.add(c.log_path, arcname=CONTAINER_LOG, filter=_numeric)
 
 
 def _criu_error(work: str) -> str:

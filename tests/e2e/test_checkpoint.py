@@ -195,7 +195,7 @@ def test_checkpoint_of_a_running_counter(env: Env, counter: tuple[Pod, str], cri
     data = location.read_bytes()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
-    assert {"config.dump", "spec.dump", "checkpoint", "rootfs-diff.tar", "dump.log"} <= set(names)
+    assert {"config.dump", "spec.dump", "checkpoint", "rootfs-diff.tar", "dump.log", "container.log"} <= set(names)
     assert "checkpoint/inventory.img" in names and any(n.startswith("checkpoint/pages-") for n in names)
     config = json.loads(_member(data, "config.dump"))
     assert config["id"] == cid and config["runtime"] == "runc" and config["rootfsImage"] == p.image

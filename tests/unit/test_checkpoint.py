@@ -112,12 +112,15 @@ def test_archive_lists_deletions_in_deleted_files(tmp_path: Path) -> None:
     (staging / "checkpoint/inventory.img").write_bytes(b"x")
     (staging / "stats-dump").write_bytes(b"s")
     rec = Container(id="a" * 64, name="c_p_ns_uid_0", fingerprint="", sandbox_id="b" * 64, state=State.RUNNING,
-                    created_at=1_764_615_600_000_000_000, config=container_config(), handler="runc")  # fmt: skip
+                    created_at=1_764_615_600_000_000_000, config=container_config(), handler="runc",
+                    log_path=str(tmp_path / "c.log"))  # fmt: skip
+    (tmp_path / "c.log").write_text("2026-12-01T19:00:00.000000000Z stdout F hello\n")
     out = io.BytesIO()
     checkpoint.write_archive(str(staging), rec, {"ociVersion": "1.0.2"}, RootfsDiff([], ["/etc/motd"]), out)
     data = out.getvalue()
     assert list(_members(data)) == ["config.dump", "spec.dump", "checkpoint", "checkpoint/inventory.img",
-                                    "deleted.files", "stats-dump"]  # fmt: skip
+                                    "deleted.files", "stats-dump", "container.log"]  # fmt: skip
+    assert _read(data, "container.log").endswith(b" stdout F hello\n")
     assert json.loads(_read(data, "deleted.files")) == ["/etc/motd"]
     assert json.loads(_read(data, "config.dump"))["createdTime"] == "2025-12-01T19:00:00Z"
 
