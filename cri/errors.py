@@ -42,6 +42,10 @@ class PermissionDenied(CridError):
     """The caller (or crid, towards a registry) is not allowed to do this."""
 
 
+class Unimplemented(CridError):
+    """crid does not do this at all (the message says why)."""
+
+
 QUOTE_LIMIT = 128  # characters of user input an error message repeats
 
 

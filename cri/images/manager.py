@@ -130,6 +130,11 @@ class Images:
         """The image's layer directories, top-most first."""
         return [self.snapshots.path(self.meta.snapshots[c].num) for c in reversed(image.chain_ids)]
 
+    def layer_dirs(self, chain_ids: list[str]) -> list[str]:
+        """The snapshot dirs of a container's layers, top first (its image may be gone: they are kept)."""
+        snaps = self.meta.snapshots
+        return [self.snapshots.path(snaps[c].num) for c in reversed(chain_ids) if c in snaps]
+
     def mount_rootfs(self, image: ImageRecord, target: str, upper: str, work: str) -> None:
         """Mount the image's layers with a writable upper dir at ``target`` (blocking)."""
         nums = [self.meta.snapshots[c].num for c in reversed(image.chain_ids)]

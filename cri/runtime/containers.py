@@ -22,7 +22,7 @@ from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import monitor
+from cri.runtime import checkpoint, monitor
 from cri.runtime.attach import attach as attach_stdio
 from cri.runtime.container_exits import Exits, exited, wait_for_file
 from cri.runtime.container_store import Container, ContainerStore, State
@@ -419,6 +419,9 @@ class Containers:
         await self.handlers.runtime(c.handler).update(c.id, doc, self.bundle(c.id))
         self.store.update(c, resources=resources.SerializeToString())
 
+    async def checkpoint(self, cid: str, location: str, timeout: int) -> None:  # noqa: ASYNC109 (the CRI field)
+        await checkpoint.checkpoint(self, cid, location, timeout)  # the container keeps running
+
     # --- stats ----------------------------------------------------------------------------
 
     async def stats(self, containers: list[Container]) -> list[tuple[Container, Usage, int | None]]:
@@ -468,6 +471,7 @@ class Containers:
                     continue
                 self.store.delete(c)
             elif c.state in (State.CREATED, State.RUNNING):
+                await checkpoint.recover(self.handlers.runtime(c.handler), c, self.persist(c.id))
                 await self.exits.reconcile(c, self.bundle(c.id))
 
 

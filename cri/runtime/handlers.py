@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cri.conditions import Condition
 from cri.config import Config
 from cri.errors import NotFound
+from cri.runtime.checkpoint import UNPROBED, CriuProbe, CriuSupport, probe_criu
 from cri.runtime.oci import OciRuntime, Runtime
 
 # (handler name, binary, --root) -> its runtime; tests pass a fake
@@ -58,10 +59,14 @@ async def probe_features(runtime: Runtime) -> HandlerFeatures:
 class Handlers:
     """The configured handlers, the OCI runtime of each, and what each supports (probed at startup)."""
 
-    def __init__(self, config: Config, factory: RuntimeFactory = OciRuntime) -> None:
+    def __init__(
+        self, config: Config, factory: RuntimeFactory = OciRuntime, criu_probe: CriuProbe = probe_criu
+    ) -> None:
         self.config = config
         self.factory = factory
         self.features = {name: HandlerFeatures() for name in config.runtime.handlers}
+        self.criu_probe = criu_probe
+        self.criu: CriuSupport = UNPROBED  # whether CheckpointContainer can work (checkpoint.py)
 
     def runtime(self, handler: str) -> Runtime:
         """The runtime of a handler ("" is the default one)."""
@@ -75,9 +80,12 @@ class Handlers:
 
     async def probe(self) -> None:
         names = list(self.config.runtime.handlers)
-        found = await asyncio.gather(*(probe_features(self.runtime(n)) for n in names))
+        found, self.criu = await asyncio.gather(
+            asyncio.gather(*(probe_features(self.runtime(n)) for n in names)), self.criu_probe()
+        )
         self.features = dict(zip(names, found, strict=True))
         log.info("runtime handler features", extra={"crid_fields": {n: vars(f) for n, f in self.features.items()}})
+        log.info("checkpointing (criu check)", extra={"crid_fields": self.criu.describe()})
 
     def all(self) -> list[RuntimeHandler]:
         return [

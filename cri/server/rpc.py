@@ -34,6 +34,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
 ]
 
 

@@ -18,7 +18,7 @@ from cri.api.v1 import api_pb2 as pb
 from cri.api.v1 import api_pb2_grpc
 from cri.conditions import Condition
 from cri.config import Config
-from cri.errors import FailedPrecondition, InvalidArgument
+from cri.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from cri.runtime import handlers, pod_resources
 from cri.runtime.container_store import Container
 from cri.runtime.container_store import State as CState
@@ -44,6 +44,12 @@ _VERSION = pb.VersionResponse(
     runtime_version=cri.__version__,
     runtime_api_version=RUNTIME_API_VERSION,
 ).SerializeToString()  # the same on every call: serialized once
+
+
+_NO_POD_CHECKPOINTS = (
+    "crid has no pod checkpointing; CheckpointContainer checkpoints one container "
+    "(and crid restores none: a checkpoint archive is for inspection, e.g. with checkpointctl)"
+)
 
 
 def _condition(kind: str, c: Condition) -> pb.RuntimeCondition:
@@ -131,6 +137,7 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         )
         # CDI: the spec dirs, the devices found and the errors of the spec files skipped (read again if changed)
         reply.info["cdi"] = json.dumps(await asyncio.to_thread(self.containers.system.cdi_status))
+        reply.info["checkpoint"] = json.dumps(self.containers.handlers.criu.describe())
         return reply
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Any) -> pb.RuntimeConfigResponse:
@@ -273,6 +280,19 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
             _need(request.container_id, "ExecSync"), list(request.cmd), int(request.timeout)
         )
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    async def CheckpointContainer(
+        self, request: pb.CheckpointContainerRequest, context: Any
+    ) -> pb.CheckpointContainerResponse:
+        cid = _need(request.container_id, "CheckpointContainer")
+        await self.containers.checkpoint(cid, request.location, int(request.timeout))
+        return pb.CheckpointContainerResponse()
+
+    async def CheckpointPod(self, request: pb.CheckpointPodRequest, context: Any) -> pb.CheckpointPodResponse:
+        raise Unimplemented(f"CheckpointPod is not implemented: {_NO_POD_CHECKPOINTS}")
+
+    async def RestorePod(self, request: pb.RestorePodRequest, context: Any) -> pb.RestorePodResponse:
+        raise Unimplemented(f"RestorePod is not implemented: {_NO_POD_CHECKPOINTS}")
 
     # --- streaming: the calls hand out a URL of the streaming server -------------------------
 

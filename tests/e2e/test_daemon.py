@@ -86,7 +86,6 @@ def test_runtime_config(crid: CridProcess) -> None:
 @pytest.mark.parametrize(
     ("service", "method", "request_msg"),
     [
-        ("runtime", "CheckpointContainer", pb.CheckpointContainerRequest()),
         ("runtime", "CheckpointPod", pb.CheckpointPodRequest()),
         ("runtime", "RestorePod", pb.RestorePodRequest()),
     ],

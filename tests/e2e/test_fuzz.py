@@ -34,7 +34,7 @@ ALLOWED = {
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.UNAVAILABLE,  # a pull to the dead registry
     grpc.StatusCode.DEADLINE_EXCEEDED,  # a stream that does not end by itself (GetContainerEvents)
-    grpc.StatusCode.UNIMPLEMENTED,  # the checkpoint RPCs
+    grpc.StatusCode.UNIMPLEMENTED,  # CheckpointPod, RestorePod
     grpc.StatusCode.PERMISSION_DENIED,
 }
 

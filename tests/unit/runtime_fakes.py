@@ -233,6 +233,21 @@ class FakeRuntime:
     async def features(self) -> dict[str, object]:
         return {}
 
+    async def pause(self, container_id: str) -> None:
+        await self.faults.acheck("runtime.pause")
+        self.containers[container_id].status = "paused"
+
+    async def resume(self, container_id: str) -> None:
+        await self.faults.acheck("runtime.resume")
+        self.containers[container_id].status = "running"
+
+    async def checkpoint(self, container_id: str, image_dir: str, work_dir: str, time_limit: float) -> None:
+        """What CRIU leaves: images, and its log in the work dir (also when it fails)."""
+        Path(work_dir, "dump.log").write_text("(00.01) Dumping\nError (criu/cr-dump.c:1): fake dump failure\n")  # noqa: ASYNC240
+        await self.faults.acheck("runtime.checkpoint")
+        for name in ("inventory.img", "pages-1.img"):
+            Path(image_dir, name).write_bytes(b"criu image " + container_id.encode())  # noqa: ASYNC240
+
 
 @dataclass
 class FakeNetworkResult:
@@ -290,6 +305,9 @@ class FakeImages:
 
     def find(self, text: str) -> ImageRecord | None:
         return IMAGE if text in ("busybox:1", IMAGE.id) else None
+
+    def layer_dirs(self, chain_ids: list[str]) -> list[str]:
+        return []
 
     def mount_rootfs(self, image: ImageRecord, target: str, upper: str, work: str) -> None:
         self.faults.check("mount_rootfs")

@@ -38,6 +38,7 @@ class FakeContext:
         (errors.PermissionDenied("x"), grpc.StatusCode.PERMISSION_DENIED),
         (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (NotImplementedError(), grpc.StatusCode.UNIMPLEMENTED),
+        (errors.Unimplemented("x"), grpc.StatusCode.UNIMPLEMENTED),
         (KeyError("boom"), grpc.StatusCode.INTERNAL),
     ],
 )
