@@ -438,6 +438,10 @@ class Containers:
         """Every container record, copied in one step (the metrics scrape runs in another thread)."""
         return list(self.store.by_id.values())
 
+    def of_pod(self, sandbox_id: str) -> list[Container]:
+        """The pod's container records (events and pod stats carry their statuses)."""
+        return self.store.of_sandbox(sandbox_id)
+
     def get(self, cid: str) -> Container:
         return self.store.get(cid)
 

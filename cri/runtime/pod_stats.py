@@ -95,7 +95,7 @@ def fs_usage(upper: str, sys: str = cgroup_stats.SYS, mountinfo: str = MOUNTINFO
 
 
 def running(containers: Containers, sb: Sandbox) -> list[Container]:
-    return [c for c in containers.store.of_sandbox(sb.id) if c.state == CState.RUNNING]
+    return [c for c in containers.of_pod(sb.id) if c.state == CState.RUNNING]
 
 
 class PodStats:
@@ -150,7 +150,7 @@ class PodStats:
         return out
 
     def _prune(self) -> None:
-        live = self.containers.pods.store.by_id
+        live = self.containers.pods.ids()
         if len(self._cpu_samples) > 2 * len(live) + 16:
             self._cpu_samples = {k: v for k, v in self._cpu_samples.items() if k in live}
 

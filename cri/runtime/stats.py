@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cri.host import v1_memory_cgroup
 from cri.runtime.cgroups import CGROUP_ROOT
 from cri.runtime.container_store import Container
 
@@ -73,7 +74,7 @@ def read_usage(cgroup_path: str, upper: str, root: str = CGROUP_ROOT) -> Usage:
     now = time.time_ns()
     written, inodes = layer_usage(upper)
     v1_memory = os.path.join(root, "memory", rel)
-    if os.path.isdir(os.path.join(root, "memory")):
+    if v1_memory_cgroup(root):
         stat = _read_stat(os.path.join(v1_memory, "memory.stat"))
         usage = _read_int(os.path.join(v1_memory, "memory.usage_in_bytes"))
         limit = _read_int(os.path.join(v1_memory, "memory.limit_in_bytes"))

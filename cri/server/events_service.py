@@ -58,6 +58,6 @@ class EventsServicer:
             await context.send_initial_metadata(())
             log.info("container events subscriber connected", extra=fields(subscriber=sub.number, peer=context.peer()))
             async for event in sub:
-                yield event_message(event, self.containers.store.of_sandbox(event.sandbox.id))
+                yield event_message(event, self.containers.of_pod(event.sandbox.id))
         # the bus closes only at shutdown; a client sees UNAVAILABLE, as from containerd, and reconnects
         raise Unavailable("container events subscription closed by the server: crid is shutting down")

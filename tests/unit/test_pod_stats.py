@@ -26,19 +26,14 @@ from cri.server.pod_metrics import BASE_LABELS, DESCRIPTORS, descriptors, pod_me
 from cri.server.stats_service import StatsServicer, pod_stats_message
 
 
-class _Store:
-    def __init__(self, containers: list[Container]) -> None:
-        self.containers = containers
-
-    def of_sandbox(self, pod_id: str) -> list[Container]:
-        return [c for c in self.containers if c.sandbox_id == pod_id]
-
-
 class _MetricsContainers:
     def __init__(self, groups: list[str], containers: list[Container], root: str) -> None:
         self.config = from_dict({"stats": {"included_pod_metrics": groups}})
-        self.store = _Store(containers)
+        self.containers = containers
         self.root = root
+
+    def of_pod(self, pod_id: str) -> list[Container]:
+        return [c for c in self.containers if c.sandbox_id == pod_id]
 
     def persist(self, cid: str) -> str:
         return os.path.join(self.root, cid)
