@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from cri.cni.invoke import Invocation, PluginFailed, run_plugin
 from cri.cni.result import ResultError, convert, normalize, pod_ips
 from cri.conditions import Condition
 from cri.errors import CridError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cri.keyed_locks import KeyedLocks
 from cri.log import fields
 from cri.metrics import REGISTRY
 
@@ -91,27 +92,6 @@ class NetworkResult:
     ips: list[str]  # without prefix length, IPv4 first; the first is the primary pod IP
     interfaces: list[dict[str, Any]]
     raw: dict[str, Any]  # the final result JSON (in the network's cniVersion)
-
-
-class _PodLocks:
-    """One asyncio lock per pod id, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 def _check_arg(what: str, value: str) -> None:
@@ -219,7 +199,7 @@ class CniManager:
         self.plugin_timeout = plugin_timeout
         self._source = ConfigSource(conf_dir)
         self._cache = ResultCache(cache_dir)
-        self._locks = _PodLocks()
+        self._locks = KeyedLocks()
         self._results: dict[str, NetworkResult] = {}  # cached() answers, filled from disk once per pod
         self._pod_cidrs: tuple[str, ...] = ()
 

@@ -12,42 +12,15 @@ holds or waits for it, so the map holds only objects being worked on.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Generic
 
 from cri.errors import AlreadyExists
+from cri.keyed_locks import KeyedLocks
 from cri.log import fields
 from cri.runtime.records import R, RecordTable
 
 log = logging.getLogger(__name__)
-
-
-class KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def locked(self, key: str) -> bool:
-        entry = self._locks.get(key)
-        return entry is not None and entry[0].locked()
-
-    def __len__(self) -> int:
-        return len(self._locks)
 
 
 async def drain_tasks(tasks: "list[asyncio.Task[str]]", seconds: float) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from cri.api.v1 import api_pb2 as pb
-from cri.runtime.lifecycle import KeyedLocks, Steps
+from cri.keyed_locks import KeyedLocks
+from cri.runtime.lifecycle import Steps
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State
 from cri.store import Store
 
