@@ -135,6 +135,10 @@ class Images:
         nums = [self.meta.snapshots[c].num for c in reversed(image.chain_ids)]
         self.snapshots.mount_overlay(nums, target, upper, work)
 
+    def layer_dirs(self, image: ImageRecord) -> list[str]:
+        """The directories of the image's layers, top first (what idmapped rootfs mounts clone)."""
+        return [self.snapshots.path(self.meta.snapshots[c].num) for c in reversed(image.chain_ids)]
+
     def mount_readonly(self, image: ImageRecord, target: str) -> None:
         """Mount the image's layers read-only at ``target`` (an image volume; blocking)."""
         self.snapshots.mount_overlay([self.meta.snapshots[c].num for c in reversed(image.chain_ids)], target)

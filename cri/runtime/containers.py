@@ -22,7 +22,7 @@ from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import monitor
+from cri.runtime import idmap, monitor, userns
 from cri.runtime.attach import attach as attach_stdio
 from cri.runtime.container_exits import Exits, exited, wait_for_file
 from cri.runtime.container_store import Container, ContainerStore, State
@@ -195,12 +195,20 @@ class Containers:
         os.makedirs(
             upper, mode=0o755, exist_ok=True
         )  # the container's "/" takes this mode: users other than root enter it
-        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts if we die midway
+        opts = sb.config.linux.security_context.namespace_options
+        ids = userns.container_mapping(c.config.linux.security_context.namespace_options, opts)
+        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts (and releases idmap/) if we die
         faults.step("CreateContainer.rootfs_recorded")
-        await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
+        mapdir = os.path.join(bundle, "idmap")
+        if ids is None:
+            await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
+        else:
+            root, layers = (ids.uid.to_host(0), ids.gid.to_host(0)), self.images.layer_dirs(image)
+            await asyncio.to_thread(
+                idmap.mount_rootfs, layers, rootfs, upper, work, mapdir, sb.namespaces["user"], root
+            )
         faults.step("CreateContainer.rootfs_mounted")
         image_config = self.images.config_of(image)
-        opts = sb.config.linux.security_context.namespace_options
         pid_ns = ""
         cpid = c.config.linux.security_context.namespace_options
         if cpid.pid == pb.POD and sb.infra_pid > 0:
@@ -235,6 +243,8 @@ class Containers:
             rro_supported=self.handlers.supports_rro(c.handler),
         )
         spec = await asyncio.to_thread(self.system.build_spec, inputs)
+        if ids is not None:
+            await asyncio.to_thread(idmap.bind_sources, spec["mounts"], mapdir, sb.namespaces["user"])
         c.stop_signal = stop_signal(image_config, c.config.stop_signal)
         user = spec.get("process", {}).get("user", {})
         c.uid, c.gid, c.groups = user.get("uid", 0), user.get("gid", 0), list(user.get("additionalGids", []))
@@ -329,6 +339,7 @@ class Containers:
                 self.system.kill(conmon, signal.SIGKILL)
         if c.rootfs_mounted:
             self.system.unmount(os.path.join(self.bundle(c.id), "rootfs"))
+            await asyncio.to_thread(idmap.release, os.path.join(self.bundle(c.id), "idmap"))
             c.rootfs_mounted = False
             faults.step("RemoveContainer.rootfs_unmounted")
         await self.trash.discard(self.bundle(c.id), self.persist(c.id))  # renamed now, deleted in the background

@@ -84,7 +84,9 @@ def check_mount(m: pb.Mount) -> None:
     if m.recursive_read_only or m.propagation != pb.PROPAGATION_PRIVATE:
         raise InvalidArgument(f"image volume at {quote(m.container_path)}: only a private read-only mount is supported")
     if len(m.uidMappings) or len(m.gidMappings):
-        raise InvalidArgument("id-mapped mounts need user namespaces, which are not supported")
+        raise InvalidArgument(
+            "per-mount uid/gid mappings are not supported (a pod in a user namespace has all its mounts idmapped)"
+        )
 
 
 class ImageVolumes:

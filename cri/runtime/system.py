@@ -8,9 +8,9 @@ threads by the callers, as before.
 """
 
 import os
-from typing import Any
+from typing import Any, cast
 
-from cri.runtime import cgroups, infra, monitor, namespaces, podfiles, procs
+from cri.runtime import cgroups, infra, monitor, namespaces, podfiles, procs, userns
 from cri.runtime.spec import SpecInputs, build_spec
 
 
@@ -27,6 +27,11 @@ class System:
 
     def create_namespaces(self, directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
         return namespaces.create(directory, kinds, hostname)
+
+    def create_user_namespaces(
+        self, directory: str, kinds: list[str], hostname: str, ids: userns.Mapping
+    ) -> dict[str, str]:
+        return userns.create(directory, kinds, hostname, ids)
 
     def remove_namespaces(self, paths: list[str]) -> None:
         namespaces.remove(paths)
@@ -83,4 +88,4 @@ class System:
         return _own_oom_score_adj()
 
     def build_spec(self, inputs: SpecInputs) -> dict[str, Any]:
-        return build_spec(inputs)
+        return cast(dict[str, Any], build_spec(inputs))  # a TypedDict is no dict[str, Any] to mypy

@@ -1,0 +1,142 @@
+"""User namespaces end to end (``hostUsers: false``): a pod in its own user
+namespace, with crid's idmapped mounts of the image layers and the volumes."""
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cri.api.v1 import api_pb2 as pb
+from cri.runtime import idmap
+from tests.e2e.harness import CridProcess
+from tests.e2e.test_containers import GROUP, PASSWD, Pod, log_text
+from tests.support import oci_build as ob
+from tests.support.cni_net import Network
+from tests.support.registry import Registry
+
+HOST_ID, LENGTH = 100000, 65536
+MAPPING = [pb.IDMapping(container_id=0, host_id=HOST_ID, length=LENGTH)]
+
+
+def userns(mode: Any = pb.POD, uids: list[pb.IDMapping] = MAPPING, gids: list[pb.IDMapping] = MAPPING) -> dict:  # type: ignore[type-arg]
+    opts = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=mode, uids=uids, gids=gids))
+    return {"security_context": pb.LinuxSandboxSecurityContext(namespace_options=opts)}
+
+
+def container_linux() -> pb.LinuxContainerConfig:
+    opts = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.POD, uids=MAPPING, gids=MAPPING))
+    return pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(namespace_options=opts))
+
+
+@pytest.fixture(scope="module")
+def env(e2e_base: Path) -> Iterator[tuple[CridProcess, str, Path]]:
+    """A daemon whose root and state dirs others may search (the pod's root holds no host capability)."""
+    base = Path(tempfile.mkdtemp(prefix="userns", dir=e2e_base))
+    for path in (e2e_base, base):
+        path.chmod(0o711)
+    network = Network(base / "net", 210)
+    layer = ob.busybox_layer("gzip", applets="all", passwd=PASSWD, group=GROUP)
+    image = ob.Image([layer], ob.ImageConfig(cmd=["sh"], env=["PATH=/bin"]))
+    with Registry(base / "reg") as reg:
+        reg.push("e2e/busybox", "1", image)
+        d = CridProcess(base, settings=network.settings()).start()
+        ref = f"{reg.host}/e2e/busybox:1"
+        d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=60)
+        try:
+            yield d, ref, base
+        finally:
+            for p in d.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
+                d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id))
+                d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+            d.stop()
+            network.cleanup()
+
+
+def test_a_pod_in_its_own_user_namespace(env: tuple[CridProcess, str, Path], tmp_path: Path) -> None:
+    d, image, base = env
+    # a host volume, idmapped: its root-owned file is root's inside; one of an id the pod
+    # does not map is nobody's, and root inside (no host capability) cannot read it at 0600
+    vol = base / "vol"
+    vol.mkdir(mode=0o755)
+    (vol / "owned").write_text("hello\n")
+    (vol / "secret").write_text("secret\n")
+    (vol / "secret").chmod(0o600)
+    os.chown(vol / "secret", 2 * HOST_ID, 2 * HOST_ID)
+    pod = Pod(d, image, "userns-pod", **userns())
+    try:
+        mounts = [pb.Mount(container_path="/vol", host_path=str(vol))]
+        script = (
+            "id; cat /proc/self/uid_map; stat -c '%u:%g %n' / /bin/sh /etc/hosts /dev/shm /vol/owned /vol/secret;"
+            " cat /vol/secret || echo denied; echo new > /bin/new; echo changed >> /etc/passwd; echo ok"
+        )
+        cid = pod.run("check", ["sh", "-c", script], mounts=mounts, linux=container_linux())
+        st = pod.wait(cid)
+        out = log_text(pod.logs / "check.log")
+        assert st.exit_code == 0, out
+        assert "uid=0(root) gid=0(root)" in out
+        assert f"0 {HOST_ID} {LENGTH}" in " ".join(out.split())
+        for path in ("/", "/bin/sh", "/etc/hosts", "/dev/shm", "/vol/owned"):
+            assert f"0:0 {path}\n" in out, out
+        assert "65534:65534 /vol/secret" in out and "denied" in out  # root inside is nobody outside
+        assert out.endswith("ok\n")
+        # on disk: the volume and the layers unchanged, the writes in the upper dir owned by the mapped root
+        assert (vol / "owned").stat().st_uid == 0
+        upper = Path(d.root) / "containers" / cid / "upper"
+        assert (upper / "bin" / "new").stat().st_uid == HOST_ID
+        assert (upper / "etc" / "passwd").stat().st_uid == HOST_ID
+        snapshots = Path(d.root) / "snapshots"
+        layers = [p for p in snapshots.glob("*/fs/etc/passwd")]
+        assert layers and all(p.stat().st_uid == 0 and "changed" not in p.read_text() for p in layers)
+        assert not any(snapshots.glob("*/fs/bin/new"))
+        assert idmap.mounts_under(d.state)  # the bind clones, while the container exists
+    finally:
+        pod.remove()
+    assert idmap.mounts_under(d.state) == [], "mounts left after the pod's removal"
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        userns(pb.CONTAINER),
+        userns(pb.TARGET),
+        userns(uids=MAPPING * 2),
+        userns(gids=[]),
+        userns(uids=[pb.IDMapping(container_id=1, host_id=HOST_ID, length=LENGTH)]),
+        userns(uids=[pb.IDMapping(container_id=0, host_id=HOST_ID, length=0)]),
+        userns(uids=[pb.IDMapping(container_id=0, host_id=2**32 - 2, length=10)]),
+    ],
+)
+def test_unsupported_modes_and_malformed_mappings_are_refused(env: tuple[CridProcess, str, Path], opts: dict) -> None:  # type: ignore[type-arg]
+    d, image, _ = env
+    with pytest.raises(grpc.RpcError) as err:
+        Pod(d, image, "userns-bad", **opts)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_status_advertises_user_namespaces(env: tuple[CridProcess, str, Path]) -> None:
+    d, _, _ = env
+    handlers = d.client.runtime.Status(pb.StatusRequest()).runtime_handlers
+    advertised = {h.name: h.features.user_namespaces for h in handlers}
+    assert advertised["runc"] and advertised[""]  # the default handler is runc
+    # a handler whose probe failed (crun 1.8 refuses hybrid cgroups) is not advertised, and the log says why
+    refused = {r["handler"] for r in d.log_records("no user namespaces for this handler") if r.get("why")}
+    assert refused == {name for name, ok in advertised.items() if not ok}
+
+
+def test_a_volume_the_kernel_cannot_idmap_fails_the_container(env: tuple[CridProcess, str, Path]) -> None:
+    d, image, _ = env
+    pod = Pod(d, image, "userns-sysfs", **userns())
+    try:
+        mounts = [pb.Mount(container_path="/k", host_path="/sys/kernel", readonly=True)]  # sysfs: no idmapped mounts
+        with pytest.raises(grpc.RpcError) as err:
+            pod.create("sysfs", ["true"], mounts=mounts, linux=container_linux())
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "/sys/kernel" in (err.value.details() or "") and "idmapped" in (err.value.details() or "")
+        assert not d.client.runtime.ListContainers(pb.ListContainersRequest()).containers  # undone
+        assert idmap.mounts_under(os.path.join(d.state, "containers")) == []  # the pod keeps its namespaces
+    finally:
+        pod.remove()
