@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import tempfile
 
 from cri import faults
 from cri.runtime.oci import Runtime
@@ -30,7 +31,9 @@ def ensure_rootfs(root_dir: str) -> str:
     if not os.path.exists(binary):
         for d in ("proc", "dev", "sys"):
             os.makedirs(os.path.join(rootfs, d), exist_ok=True)
-        tmp = binary + ".tmp"
+        # a tmp file of its own: callers race here (the handlers' startup probes run side by side)
+        fd, tmp = tempfile.mkstemp(prefix=".catatonit-", dir=rootfs)
+        os.close(fd)
         shutil.copy2(CATATONIT, tmp)
         os.rename(tmp, binary)
     return rootfs

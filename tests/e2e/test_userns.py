@@ -1,6 +1,7 @@
 """User namespaces end to end (``hostUsers: false``): a pod in its own user
 namespace, with crid's idmapped mounts of the image layers and the volumes."""
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.runtime import idmap
 from tests.e2e.harness import CridProcess
@@ -44,6 +46,8 @@ def env(e2e_base: Path) -> Iterator[tuple[CridProcess, str, Path]]:
     with Registry(base / "reg") as reg:
         reg.push("e2e/busybox", "1", image)
         d = CridProcess(base, settings=network.settings()).start()
+        refused = [r["why"] for r in d.log_records("no user namespaces for this handler") if r["handler"] == "runc"]
+        assert not refused, f"runc failed crid's user namespace probe: {refused}"
         ref = f"{reg.host}/e2e/busybox:1"
         d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=60)
         try:
@@ -138,5 +142,47 @@ def test_a_volume_the_kernel_cannot_idmap_fails_the_container(env: tuple[CridPro
         assert "/sys/kernel" in (err.value.details() or "") and "idmapped" in (err.value.details() or "")
         assert not d.client.runtime.ListContainers(pb.ListContainersRequest()).containers  # undone
         assert idmap.mounts_under(os.path.join(d.state, "containers")) == []  # the pod keeps its namespaces
+    finally:
+        pod.remove()
+
+
+def test_a_crash_after_the_idmapped_mounts_is_undone_at_restart(
+    env: tuple[CridProcess, str, Path], e2e_base: Path
+) -> None:
+    _, image, _ = env
+    base = Path(tempfile.mkdtemp(prefix="usernscrash", dir=e2e_base))
+    base.chmod(0o711)
+    network = Network(base / "net", 211)
+    containers = os.path.join(base, "crid", "state", "containers")
+    try:
+        # dies once runc created the container: its overlay, bind clones and conmon are there
+        d = CridProcess(base, settings=network.settings(), env={faults.ENV: "CreateContainer.runtime_created"}).start()
+        d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        pod = Pod(d, image, "userns-crash", **userns())
+        with pytest.raises(grpc.RpcError):
+            pod.create("c", ["sleep", "60"], linux=container_linux())
+        d.stop()
+        assert idmap.mounts_under(containers)
+        pod.d = d = CridProcess(base, settings=network.settings()).start()
+        assert not d.client.runtime.ListContainers(pb.ListContainersRequest()).containers
+        assert idmap.mounts_under(containers) == []
+        pod.remove()
+        d.stop()
+    finally:
+        network.cleanup()
+
+
+def test_root_inside_is_the_mapped_user_outside_also_for_exec(env: tuple[CridProcess, str, Path]) -> None:
+    d, image, _ = env
+    pod = Pod(d, image, "userns-exec", **userns())
+    try:
+        cid = pod.run("sleeper", ["sleep", "300"], linux=container_linux())
+        resp = pod.exec(cid, ["sh", "-c", "id -u; touch /made-by-exec"])
+        assert (resp.exit_code, resp.stdout) == (0, b"0\n")
+        status = d.client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True))
+        pid = json.loads(status.info["info"])["pid"]
+        uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+        assert uids.split()[1:] == [str(HOST_ID)] * 4
+        assert (Path(d.root) / "containers" / cid / "upper" / "made-by-exec").stat().st_uid == HOST_ID
     finally:
         pod.remove()
