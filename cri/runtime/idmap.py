@@ -16,12 +16,13 @@ import contextlib
 import errno
 import os
 import re
+import subprocess
 from typing import Any
 
 from cri.errors import FailedPrecondition
 from cri.host import HOST
+from cri.images.snapshots import PAGE_LIMIT, VOLATILE
 
-PAGE_LIMIT = 4096
 _REASONS = {
     errno.EINVAL: "its filesystem does not support idmapped mounts",
     errno.EPERM: "not permitted",
@@ -73,10 +74,21 @@ def mount_rootfs(
             clone(layer, lower, userns_path)
         for d in (upper, work):
             os.chown(d, *root)
-        options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
-        if len(options) >= PAGE_LIMIT:
-            raise FailedPrecondition(f"overlay options for {len(layers)} idmapped layers exceed one page")
-        HOST.mount("overlay", rootfs, "overlay", 0, options, what=f"mount the overlay of idmapped layers at {rootfs}")
+        extra = f",upperdir={upper},workdir={work}{VOLATILE}"
+        options = f"lowerdir={':'.join(lowers)}{extra}"
+        if len(options) < PAGE_LIMIT:
+            HOST.mount(
+                "overlay", rootfs, "overlay", 0, options, what=f"mount the overlay of idmapped layers at {rootfs}"
+            )
+        else:  # as Snapshots.mount_overlay: paths relative to mount(8)'s working directory keep it in a page
+            options = f"lowerdir={':'.join(os.path.basename(lower) for lower in lowers)}{extra}"
+            if len(options) >= PAGE_LIMIT:
+                raise FailedPrecondition(f"overlay options for {len(layers)} idmapped layers exceed one page")
+            args = ["mount", "-t", "overlay", "overlay", "-o", options, rootfs]
+            done = subprocess.run(args, cwd=mapdir, capture_output=True, check=False)
+            if done.returncode != 0:
+                message = done.stderr.decode(errors="replace").strip()
+                raise OSError(f"mount the overlay of idmapped layers at {rootfs}: {message}")
     finally:
         for lower in lowers:  # the overlay holds its own clones of them
             HOST.detach_mount(lower)
