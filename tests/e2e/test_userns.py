@@ -3,6 +3,7 @@ namespace, with crid's idmapped mounts of the image layers and the volumes."""
 
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,24 @@ def test_root_inside_is_the_mapped_user_outside_also_for_exec(env: tuple[CridPro
         assert (Path(d.root) / "containers" / cid / "upper" / "made-by-exec").stat().st_uid == HOST_ID
     finally:
         pod.remove()
+
+
+def test_host_to_container_propagation_of_an_idmapped_volume(env: tuple[CridProcess, str, Path]) -> None:
+    d, image, base = env
+    src = Path(tempfile.mkdtemp(prefix="prop", dir=base))
+    subprocess.run(["mount", "--bind", str(src), str(src)], check=True)
+    subprocess.run(["mount", "--make-rshared", str(src)], check=True)
+    sub = src / "later"
+    sub.mkdir()
+    pod = Pod(d, image, "userns-prop", **userns())
+    try:
+        mounts = [pb.Mount(container_path="/mnt", host_path=str(src), propagation=pb.PROPAGATION_HOST_TO_CONTAINER)]
+        cid = pod.run("watch", ["sleep", "600"], mounts=mounts, linux=container_linux())
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)  # after the container started
+        (sub / "marker").write_text("x")
+        seen = pod.exec(cid, ["ls", "/mnt/later"]).stdout.decode().split()
+        assert "marker" in seen
+    finally:
+        pod.remove()
+        subprocess.run(["umount", "-l", str(sub)], check=False)
+        subprocess.run(["umount", "-l", str(src)], check=True)
