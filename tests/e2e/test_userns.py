@@ -132,8 +132,9 @@ def test_status_advertises_user_namespaces(env: tuple[CridProcess, str, Path]) -
     assert refused == {name for name, ok in advertised.items() if not ok}
 
 
-def test_an_image_of_many_layers(env: tuple[CridProcess, str, Path]) -> None:
-    """Past about 40 layers the idmapped lowerdirs no longer fit in a page as absolute paths."""
+@pytest.fixture(scope="module")
+def many_layers(env: tuple[CridProcess, str, Path]) -> str:
+    """An image of 61 layers, pulled."""
     d, _, base = env
     layers = [ob.busybox_layer("gzip", applets="all", passwd=PASSWD, group=GROUP)]
     layers += [ob.Layer([ob.File(f"layer-{i}", f"{i}\n".encode())]) for i in range(60)]
@@ -141,6 +142,12 @@ def test_an_image_of_many_layers(env: tuple[CridProcess, str, Path]) -> None:
         reg.push("e2e/many", "1", ob.Image(layers, ob.ImageConfig(cmd=["sh"], env=["PATH=/bin"])))
         ref = f"{reg.host}/e2e/many:1"
         d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=60)
+    return ref
+
+
+def test_an_image_of_many_layers(env: tuple[CridProcess, str, Path], many_layers: str) -> None:
+    """Past about 40 layers the idmapped lowerdirs no longer fit in a page as absolute paths."""
+    d, ref = env[0], many_layers
     pod = Pod(d, ref, "userns-many", **userns())
     try:
         cid = pod.run("many", ["sh", "-c", "cat /layer-0 /layer-59; stat -c %u /layer-59"], linux=container_linux())
@@ -225,3 +232,21 @@ def test_host_to_container_propagation_of_an_idmapped_volume(env: tuple[CridProc
         pod.remove()
         subprocess.run(["umount", "-l", str(sub)], check=False)
         subprocess.run(["umount", "-l", str(src)], check=True)
+
+
+def test_image_volumes_in_a_user_namespace(env: tuple[CridProcess, str, Path], many_layers: str) -> None:
+    """A one-layer image volume is a bind mount of the layer, idmapped like any; one of several
+    layers is an overlay, which the kernel cannot idmap: the container fails and says so."""
+    d, image, _ = env
+    pod = Pod(d, image, "userns-imgvol", **userns())
+    try:
+        vol = pb.Mount(container_path="/img", image=pb.ImageSpec(image=image), readonly=True)
+        cid = pod.run("one", ["stat", "-c", "%u", "/img/bin/sh"], mounts=[vol], linux=container_linux())
+        assert (pod.wait(cid).exit_code, log_text(pod.logs / "one.log")) == (0, "0\n")
+        vol = pb.Mount(container_path="/img", image=pb.ImageSpec(image=many_layers), readonly=True)
+        with pytest.raises(grpc.RpcError) as err:
+            pod.create("several", ["true"], mounts=[vol], linux=container_linux())
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "does not support idmapped mounts" in (err.value.details() or "")
+    finally:
+        pod.remove()
