@@ -130,3 +130,24 @@ def test_infra_process_joins_the_pods_user_namespace() -> None:
     assert isinstance(linux, dict)
     assert {"type": "user", "path": "/run/ns/user"} in linux["namespaces"]
     assert linux["gidMappings"] == [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+def test_a_child_that_cannot_unshare_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(userns, "_CHILD", "import sys\nsys.exit('unshare: Operation not permitted')\n")
+    ids = userns.mapping(opts())
+    assert ids is not None
+    with pytest.raises(OSError, match="cannot create a user namespace: unshare: Operation not permitted"):
+        userns.create(str(tmp_path), ["net"], "h", ids)
+    assert list(tmp_path.iterdir()) == []  # nothing pinned
+
+
+def test_mounts_under_reads_escaped_mount_points(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "1 0 0:1 / / rw - ext4 /dev/vda rw\n"
+        "2 1 0:2 / /run/c/idmap rw - tmpfs t rw\n"
+        "3 1 0:3 / /run/c/idmap/b\\0400 rw - ext4 /dev/vda rw\n"
+        "4 1 0:4 / /run/c/idmapped rw - ext4 /dev/vda rw\n"
+    )
+    monkeypatch.setattr(HOST, "mountinfo", str(info))
+    assert idmap.mounts_under("/run/c/idmap") == ["/run/c/idmap/b 0", "/run/c/idmap"]
