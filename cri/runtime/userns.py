@@ -105,8 +105,11 @@ def create(directory: str, kinds: list[str], hostname: str, ids: Mapping) -> dic
             f.write(ids.gid.line())
         paths = namespaces.pin(directory, f"/proc/{child.pid}/ns", ["user", *kinds])
     finally:
-        child.stdin.close()
+        child.stdin.close()  # the child exits: the pinned namespaces live on without it
         child.wait()
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
     try:
         namespaces.configure(paths, hostname)
     except BaseException:
