@@ -10,8 +10,9 @@ libc handle (``HOST.libc``), for a fake that records calls.
 It answers the cgroup mode and controllers, the capabilities the kernel knows
 and crid holds, the mount table, the kernel version, the machine and node
 name; and it makes the libc calls Python's os module lacks (mount, umount2,
-setns, unshare, inotify, sync_file_range, malloc_trim, mallopt), each checked
-against errno and raised as OSError. Add a method here rather than a new
+setns, unshare, open_tree, mount_setattr, move_mount, inotify,
+sync_file_range, malloc_trim, mallopt), each checked against errno and
+raised as OSError. Add a method here rather than a new
 ``ctypes.CDLL`` or module global elsewhere.
 
 Nothing is cached: the mount table and cgroups change while crid runs, and a
@@ -30,6 +31,14 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 MOUNTINFO = "/proc/self/mountinfo"
 MNT_DETACH = 2  # umount2: lazily, a process may still use the mount
 _SYNC_FILE_RANGE_WRITE = 2  # start the write-out of the range's dirty pages, do not wait for it
+# the new mount API (include/uapi/linux/mount.h); its syscall numbers are the same on every architecture
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+OPEN_TREE_CLONE = 1
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
 # crid's one libc handle; use_errno: ctypes keeps each thread's errno for get_errno
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -213,6 +222,24 @@ class Host:
             if err not in (errno.EINVAL, errno.ENOENT):
                 raise OSError(err, f"umount {path}: {os.strerror(err)}")
 
+    def open_tree_clone(self, path: str) -> int:
+        """open_tree(2): a detached clone of the mount tree at ``path`` (recursive), as an fd."""
+        flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
+        return self._check(self.libc.syscall(_SYS_OPEN_TREE, AT_FDCWD, path.encode(), flags), f"clone mount {path}")
+
+    def idmap_tree(self, tree_fd: int, userns_fd: int, what: str) -> None:
+        """mount_setattr(2) MOUNT_ATTR_IDMAP on a detached tree (every mount in it):
+        its files then appear with the ids as the user namespace maps them."""
+        attr = _MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+        flags = AT_EMPTY_PATH | AT_RECURSIVE
+        result = self.libc.syscall(_SYS_MOUNT_SETATTR, tree_fd, b"", flags, ctypes.byref(attr), ctypes.sizeof(attr))
+        self._check(result, what)
+
+    def move_mount(self, tree_fd: int, target: str) -> None:
+        """move_mount(2): attach a detached tree at ``target``."""
+        result = self.libc.syscall(_SYS_MOVE_MOUNT, tree_fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH)
+        self._check(result, f"attach mount at {target}")
+
     def setns(self, fd: int, nstype: int, what: str) -> None:
         self._check(self.libc.setns(fd, nstype), what)
 
@@ -239,6 +266,15 @@ class Host:
         fn = getattr(self.libc, "mallopt", None)
         if fn is not None:
             fn(param, value)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def unified_cgroup(root: str) -> bool:

@@ -22,7 +22,7 @@ from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import checkpoint, monitor
+from cri.runtime import checkpoint, idmap, monitor, userns
 from cri.runtime.attach import attach as attach_stdio
 from cri.runtime.container_exits import Exits, exited, wait_for_file
 from cri.runtime.container_store import Container, ContainerStore, State
@@ -30,7 +30,7 @@ from cri.runtime.events import EventBus, Kind
 from cri.runtime.exec_session import run_exec
 from cri.runtime.exec_sync import ExecResult, exec_sync
 from cri.runtime.handlers import Handlers
-from cri.runtime.image_volumes import ImageVolumes, check_mount
+from cri.runtime.image_volumes import ImageVolumes
 from cri.runtime.lifecycle import Lifecycle
 from cri.runtime.pod_config import pod_hostname
 from cri.runtime.pods import Pods
@@ -119,7 +119,7 @@ class Containers:
         m, pm = config.metadata, sb.config.metadata
         name = f"{m.name}_{pm.name}_{pm.namespace}_{pm.uid}_{m.attempt}"
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + sb.id.encode()).hexdigest()
-        config = self._with_volume_refs(config)
+        config = self.volumes.with_refs(config)
         joined = await self.life.reserve(
             name, fingerprint, lambda c: f"container name {name!r} is already reserved for container {c.id}"
         )
@@ -147,18 +147,6 @@ class Containers:
         self.store.add(c)
         faults.step("CreateContainer.recorded")
         return await self.life.launch(name, self._create(c, sb))
-
-    def _with_volume_refs(self, config: pb.ContainerConfig) -> pb.ContainerConfig:
-        """Image mounts checked, and their images' ids set (ContainerStatus reports them, KEP-5365)."""
-        if not any(m.image.image for m in config.mounts):
-            return config
-        out = pb.ContainerConfig()
-        out.CopyFrom(config)
-        for mount in out.mounts:
-            if mount.image.image:
-                check_mount(mount)
-                mount.image.image_ref = self.volumes.image_of(mount).id
-        return out
 
     async def _create(self, c: Container, sb: Sandbox) -> str:
         started = time.monotonic()
@@ -195,12 +183,20 @@ class Containers:
         os.makedirs(
             upper, mode=0o755, exist_ok=True
         )  # the container's "/" takes this mode: users other than root enter it
-        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts if we die midway
+        opts = sb.config.linux.security_context.namespace_options
+        ids = userns.container_mapping(c.config.linux.security_context.namespace_options, opts)
+        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts (and releases idmap/) if we die
         faults.step("CreateContainer.rootfs_recorded")
-        await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
+        mapdir = os.path.join(bundle, "idmap")
+        if ids is None:
+            await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
+        else:
+            root, layers = (ids.uid.to_host(0), ids.gid.to_host(0)), self.images.snapshot_dirs(image)
+            await asyncio.to_thread(
+                idmap.mount_rootfs, layers, rootfs, upper, work, mapdir, sb.namespaces["user"], root
+            )
         faults.step("CreateContainer.rootfs_mounted")
         image_config = self.images.config_of(image)
-        opts = sb.config.linux.security_context.namespace_options
         pid_ns = ""
         cpid = c.config.linux.security_context.namespace_options
         if cpid.pid == pb.POD and sb.infra_pid > 0:
@@ -235,6 +231,8 @@ class Containers:
             rro_supported=self.handlers.supports_rro(c.handler),
         )
         spec = await asyncio.to_thread(self.system.build_spec, inputs)
+        if ids is not None:
+            await asyncio.to_thread(idmap.bind_sources, spec["mounts"], mapdir, sb.namespaces["user"])
         c.stop_signal = stop_signal(image_config, c.config.stop_signal)
         user = spec.get("process", {}).get("user", {})
         c.uid, c.gid, c.groups = user.get("uid", 0), user.get("gid", 0), list(user.get("additionalGids", []))
@@ -329,6 +327,7 @@ class Containers:
                 self.system.kill(conmon, signal.SIGKILL)
         if c.rootfs_mounted:
             self.system.unmount(os.path.join(self.bundle(c.id), "rootfs"))
+            await asyncio.to_thread(idmap.release, os.path.join(self.bundle(c.id), "idmap"))
             c.rootfs_mounted = False
             faults.step("RemoveContainer.rootfs_unmounted")
         await self.trash.discard(self.bundle(c.id), self.persist(c.id))  # renamed now, deleted in the background

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cri.conditions import Condition
 from cri.config import Config
 from cri.errors import NotFound
+from cri.runtime import userns_probe
 from cri.runtime.checkpoint import UNPROBED, CriuProbe, CriuSupport, probe_criu
 from cri.runtime.oci import OciRuntime, Runtime
 
@@ -48,12 +49,20 @@ def _kernel_at_least(version: tuple[int, int]) -> bool:
     return (major, minor) >= version
 
 
-async def probe_features(runtime: Runtime) -> HandlerFeatures:
+async def probe_features(runtime: Runtime, config: Config | None = None) -> HandlerFeatures:
     """What the runtime's ``features`` says it supports; a runtime that cannot
-    say gets nothing claimed for it."""
+    say gets nothing claimed for it. With ``config``, user namespaces are tried
+    for real (userns_probe.py)."""
     options = (await runtime.features()).get("mountOptions")
     rro = isinstance(options, list) and "rro" in options and _kernel_at_least(_RRO_KERNEL)
-    return HandlerFeatures(recursive_read_only_mounts=rro)
+    why_not = "not probed"
+    if config is not None:
+        why_not = await userns_probe.probe(runtime, config.state_dir, config.root_dir)
+        if why_not:
+            log.info(
+                "no user namespaces for this handler", extra={"crid_fields": {"handler": runtime.name, "why": why_not}}
+            )
+    return HandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=not why_not)
 
 
 class Handlers:
@@ -81,7 +90,7 @@ class Handlers:
     async def probe(self) -> None:
         names = list(self.config.runtime.handlers)
         found, self.criu = await asyncio.gather(
-            asyncio.gather(*(probe_features(self.runtime(n)) for n in names)), self.criu_probe()
+            asyncio.gather(*(probe_features(self.runtime(n), self.config) for n in names)), self.criu_probe()
         )
         self.features = dict(zip(names, found, strict=True))
         log.info("runtime handler features", extra={"crid_fields": {n: vars(f) for n, f in self.features.items()}})
@@ -96,6 +105,10 @@ class Handlers:
     def supports_rro(self, name: str) -> bool:
         f = self.features.get(name or self.config.runtime.default_handler)
         return f is not None and f.recursive_read_only_mounts
+
+    def supports_userns(self, name: str) -> bool:
+        f = self.features.get(name or self.config.runtime.default_handler)
+        return f is not None and f.user_namespaces
 
 
 def _usable_dir(path: str) -> bool:

@@ -84,7 +84,9 @@ def check_mount(m: pb.Mount) -> None:
     if m.recursive_read_only or m.propagation != pb.PROPAGATION_PRIVATE:
         raise InvalidArgument(f"image volume at {quote(m.container_path)}: only a private read-only mount is supported")
     if len(m.uidMappings) or len(m.gidMappings):
-        raise InvalidArgument("id-mapped mounts need user namespaces, which are not supported")
+        raise InvalidArgument(
+            "per-mount uid/gid mappings are not supported (a pod in a user namespace has all its mounts idmapped)"
+        )
 
 
 class ImageVolumes:
@@ -104,6 +106,18 @@ class ImageVolumes:
             what = f"image {quote(m.image.image)} of the volume at {quote(m.container_path)}"
             raise NotFound(f"{what} not found: pull it first")
         return image
+
+    def with_refs(self, config: pb.ContainerConfig) -> pb.ContainerConfig:
+        """CreateContainer: image mounts checked, and their images' ids set (ContainerStatus reports them, KEP-5365)."""
+        if not any(m.image.image for m in config.mounts):
+            return config
+        out = pb.ContainerConfig()
+        out.CopyFrom(config)
+        for mount in out.mounts:
+            if mount.image.image:
+                check_mount(mount)
+                mount.image.image_ref = self.image_of(mount).id
+        return out
 
     async def resolve(self, sandbox_id: str, config: pb.ContainerConfig) -> pb.ContainerConfig:
         """``config`` with each image mount turned into a read-only bind of the

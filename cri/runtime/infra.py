@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import tempfile
 
 from cri import faults
 from cri.runtime.oci import Runtime
@@ -30,22 +31,28 @@ def ensure_rootfs(root_dir: str) -> str:
     if not os.path.exists(binary):
         for d in ("proc", "dev", "sys"):
             os.makedirs(os.path.join(rootfs, d), exist_ok=True)
-        tmp = binary + ".tmp"
+        # a tmp file of its own: callers race here (the handlers' startup probes run side by side)
+        fd, tmp = tempfile.mkstemp(prefix=".catatonit-", dir=rootfs)
+        os.close(fd)
         shutil.copy2(CATATONIT, tmp)
         os.rename(tmp, binary)
     return rootfs
 
 
-def spec(rootfs: str, namespaces: dict[str, str], cgroups_path: str) -> dict[str, object]:
-    """OCI config of the infra process; ``namespaces`` maps net/ipc/uts to pinned files
-    (absent kinds stay the host's)."""
-    kinds = {"net": "network", "ipc": "ipc", "uts": "uts"}
+def spec(
+    rootfs: str, namespaces: dict[str, str], cgroups_path: str, id_maps: dict[str, object] | None = None
+) -> dict[str, object]:
+    """OCI config of the infra process; ``namespaces`` maps net/ipc/uts/user to pinned
+    files (absent kinds stay the host's); ``id_maps``: the user namespace's
+    uidMappings and gidMappings."""
+    kinds = {"net": "network", "ipc": "ipc", "uts": "uts", "user": "user"}
     ns: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
     ns += [{"type": kinds[k], "path": p} for k, p in namespaces.items()]
     linux: dict[str, object] = {
         "namespaces": ns,
         "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
         "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"],
+        **(id_maps or {}),
     }
     if cgroups_path:
         linux["cgroupsPath"] = cgroups_path
@@ -70,11 +77,17 @@ def spec(rootfs: str, namespaces: dict[str, str], cgroups_path: str) -> dict[str
 
 
 async def start(
-    runtime: Runtime, bundle: str, container_id: str, rootfs: str, namespaces: dict[str, str], cgroups_path: str
+    runtime: Runtime,
+    bundle: str,
+    container_id: str,
+    rootfs: str,
+    namespaces: dict[str, str],
+    cgroups_path: str,
+    id_maps: dict[str, object] | None = None,
 ) -> int:
     """Run the infra process detached; returns its host pid."""
     pid_file = os.path.join(bundle, "infra.pid")
-    await asyncio.to_thread(_write_bundle, bundle, spec(rootfs, namespaces, cgroups_path))
+    await asyncio.to_thread(_write_bundle, bundle, spec(rootfs, namespaces, cgroups_path, id_maps))
     await runtime.run_detached(container_id, bundle, pid_file)
     return int((await asyncio.to_thread(_read, pid_file)).strip())
 

@@ -95,6 +95,34 @@ def create(directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
     return paths
 
 
+def pin(directory: str, ns_dir: str, kinds: list[str]) -> dict[str, str]:
+    """Bind-mount ``ns_dir/<kind>`` (a process's /proc/<pid>/ns) onto
+    ``directory/<kind>``; all or none. Returns kind -> path."""
+    paths: dict[str, str] = {}
+    try:
+        for kind in kinds:
+            path = os.path.join(directory, kind)
+            with open(path, "w"):
+                pass
+            HOST.mount(os.path.join(ns_dir, kind), path, None, MS_BIND, what=f"bind mount {kind} namespace")
+            paths[kind] = path
+    except BaseException:
+        remove(list(paths.values()))
+        raise
+    return paths
+
+
+def configure(paths: dict[str, str], hostname: str) -> None:
+    """Set the hostname in a pinned uts namespace and bring ``lo`` up in a pinned
+    net one (for namespaces made elsewhere, e.g. in a pod's user namespace)."""
+    entered: dict[str, str] = {k: paths[k] for k in ("uts", "net") if k in paths}
+    with _entered(entered):
+        if "uts" in entered and hostname:
+            socket.sethostname(hostname)
+        if "net" in entered:
+            _loopback_up()
+
+
 def remove(paths: list[str]) -> None:
     """Unmount and delete pinned namespace files; missing ones are fine."""
     for path in paths:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from cri.api.v1 import api_pb2 as pb
 from cri.cni import PodNetwork, PortMapping
 from cri.errors import InvalidArgument
-from cri.runtime import namespaces
+from cri.runtime import namespaces, userns
 from cri.runtime.sandbox_store import Sandbox
 
 HOST_NAME_MAX = 64
@@ -69,6 +69,7 @@ def validate(config: pb.PodSandboxConfig) -> None:
         raise InvalidArgument("pod network namespace must be POD or NODE")
     if opts.pid not in (pb.POD, pb.CONTAINER, pb.NODE):
         raise InvalidArgument("pod PID namespace must be POD, CONTAINER or NODE")
+    userns.mapping(opts)
     own = {"uts", "net"} if opts.network != pb.NODE else set()
     if opts.ipc != pb.NODE:
         own.add("ipc")

@@ -23,9 +23,9 @@ from cri.api.v1 import api_pb2 as pb
 from cri.cni import CniManager
 from cri.conditions import Condition
 from cri.config import Config
-from cri.errors import FailedPrecondition, NotFound
+from cri.errors import FailedPrecondition, NotFound, quote
 from cri.log import fields
-from cri.runtime import infra, namespaces, pod_resources, podfiles
+from cri.runtime import infra, namespaces, pod_resources, podfiles, userns
 from cri.runtime.events import EventBus, Kind
 from cri.runtime.handlers import Handlers
 from cri.runtime.lifecycle import Lifecycle, Steps
@@ -92,6 +92,9 @@ class Pods:
     async def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
         validate(config)
         self.handlers.runtime(handler)
+        if userns.mapping(ns_options(config)) is not None and not self.handlers.supports_userns(handler):
+            which = handler or self.config.runtime.default_handler
+            raise FailedPrecondition(f"runtime handler {quote(which)} cannot run pods in user namespaces here")
         name = reserved_name(config.metadata)
         fingerprint = hashlib.sha256(config.SerializeToString(deterministic=True) + handler.encode()).hexdigest()
         joined = await self.life.reserve(
@@ -160,10 +163,18 @@ class Pods:
             faults.step("RunPodSandbox.cgroups_recorded")
         kinds = ([] if hostnet else ["net", "uts"]) + ([] if opts.ipc == pb.NODE else ["ipc"])
         hostname = pod_hostname(config)
+        ids = userns.mapping(opts)
+        if ids is not None:
+            for path in (self.config.state_dir, self.config.root_dir):
+                userns.check_reachable(path)
         # before creating: recovery unmounts these paths if we die midway
-        self.store.update(sb, namespaces={k: os.path.join(state, k) for k in kinds})
+        pinned = kinds if ids is None else ["user", *kinds]
+        self.store.update(sb, namespaces={k: os.path.join(state, k) for k in pinned})
         faults.step("RunPodSandbox.namespaces_recorded")
-        await self._ns(self.system.create_namespaces, state, kinds, hostname)
+        if ids is None:
+            await self._ns(self.system.create_namespaces, state, kinds, hostname)
+        else:
+            await self._ns(self.system.create_user_namespaces, state, kinds, hostname, ids)
         faults.step("RunPodSandbox.namespaces_made")
         if opts.ipc != pb.NODE:
             self.store.update(sb, shm=os.path.join(state, "shm"))
@@ -205,7 +216,9 @@ class Pods:
         self.store.update(sb, infra_pid=-1)  # marks "infra may exist" for recovery
         faults.step("RunPodSandbox.infra_recorded")
         bundle = os.path.join(self.state_dir(sb), "infra")
-        pid = await infra.start(runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path)
+        ids = userns.mapping(opts)
+        maps = None if ids is None else userns.oci_maps(ids)
+        pid = await infra.start(runtime, bundle, infra.infra_id(sb.id), rootfs, dict(sb.namespaces), cgroups_path, maps)
         faults.step("RunPodSandbox.infra_started")
         self.store.update(sb, infra_pid=pid, infra_start=self.system.start_time(pid))
         faults.step("RunPodSandbox.infra_pid_recorded")

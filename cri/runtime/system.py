@@ -10,7 +10,7 @@ threads by the callers, as before.
 import os
 from typing import Any
 
-from cri.runtime import cgroups, infra, monitor, namespaces, podfiles, procs
+from cri.runtime import cgroups, infra, monitor, namespaces, podfiles, procs, userns
 from cri.runtime.cdi import Registry
 from cri.runtime.spec import SpecInputs, build_spec
 from cri.runtime.spec.types import Spec
@@ -32,6 +32,11 @@ class System:
 
     def create_namespaces(self, directory: str, kinds: list[str], hostname: str) -> dict[str, str]:
         return namespaces.create(directory, kinds, hostname)
+
+    def create_user_namespaces(
+        self, directory: str, kinds: list[str], hostname: str, ids: userns.Mapping
+    ) -> dict[str, str]:
+        return userns.create(directory, kinds, hostname, ids)
 
     def remove_namespaces(self, paths: list[str]) -> None:
         namespaces.remove(paths)

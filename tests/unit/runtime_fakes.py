@@ -86,6 +86,9 @@ class FakeSystem(System):
         self.world.namespaces |= set(paths.values())
         return paths
 
+    def create_user_namespaces(self, directory: str, kinds: list[str], hostname: str, ids: Any) -> dict[str, str]:
+        return self.create_namespaces(directory, ["user", *kinds], hostname)
+
     def remove_namespaces(self, paths: list[str]) -> None:
         self.faults.check("remove_namespaces")
         self.world.namespaces -= set(paths)

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from cri.errors import AlreadyExists, NotFound
+from cri.api.v1 import api_pb2 as pb
+from cri.errors import AlreadyExists, FailedPrecondition, NotFound
+from cri.runtime import userns
 from cri.runtime.events import Kind
+from cri.runtime.handlers import HandlerFeatures
 from cri.runtime.sandbox_store import Sandbox, SandboxStore, State
 from tests.unit.runtime_fakes import Injected, Node, full_pod_config, pod_config
 
@@ -133,6 +136,29 @@ def test_unknown_handler(tmp_path: Path) -> None:
         with pytest.raises(NotFound, match="no runtime handler 'kata' is configured"):
             await node.pods.run(pod_config(), "kata")
         assert recorded(node) == []
+
+    run(tmp_path, body)
+
+
+def test_a_pod_in_its_own_user_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(userns, "check_reachable", lambda path: None)  # pytest's tmp dirs are 0700
+    mapping = [pb.IDMapping(container_id=0, host_id=100000, length=65536)]
+    config = pod_config()
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(
+        pb.UserNamespace(mode=pb.POD, uids=mapping, gids=mapping)
+    )
+
+    async def body(node: Node) -> None:
+        with pytest.raises(FailedPrecondition, match="cannot run pods in user namespaces"):
+            await node.pods.run(config, "")  # the probe did not pass for this handler
+        assert recorded(node) == []
+        node.pods.handlers.features = {n: HandlerFeatures(user_namespaces=True) for n in node.pods.handlers.features}
+        sid = await node.pods.run(config, "")
+        sb = node.pods.get(sid)
+        assert set(sb.namespaces) == {"user", "net", "uts", "ipc"}
+        assert node.world.namespaces == set(sb.namespaces.values())
+        await node.pods.remove(sid)
+        assert node.world.leftovers() == {}
 
     run(tmp_path, body)
 

@@ -8,12 +8,13 @@ from cri.errors import InvalidArgument
 from cri.host import HOST
 from cri.images.manifest import ImageConfig
 from cri.runtime import namespaces as podns
+from cri.runtime import userns
 from cri.runtime.cdi import Registry, requested_devices
 from cri.runtime.spec.devices import build_devices
 from cri.runtime.spec.mounts import build_mounts
 from cri.runtime.spec.process import build_process, seccomp_profile
 from cri.runtime.spec.resources import apply_resources
-from cri.runtime.spec.types import Linux, Namespace, Resources, Spec
+from cri.runtime.spec.types import IDMapping, Linux, Namespace, Resources, Spec
 
 OCI_VERSION = "1.0.2"
 DEFAULT_MASKED_PATHS = (
@@ -41,7 +42,7 @@ class SpecInputs:
     sandbox_config: pb.PodSandboxConfig
     image_config: ImageConfig  # the image's OCI config JSON ("config": Entrypoint, Cmd, Env, User, ...)
     rootfs: str  # the container's mounted rootfs
-    namespaces: dict[str, str]  # pod namespace files: "net", "ipc", "uts" -> path; absent = the host's
+    namespaces: dict[str, str]  # pod namespace files: "net", "ipc", "uts", "user" -> path; absent = the host's
     pid_namespace: str  # PID namespace to join for POD / TARGET, "" for a new one; ignored for NODE
     sandbox_dir: str  # holds the pod's hostname, hosts, resolv.conf
     shm: str  # the pod's /dev/shm; "" = the host's
@@ -53,16 +54,27 @@ class SpecInputs:
     rro_supported: bool = False  # whether the handler supports recursive read-only mounts
 
 
-def _check_userns(opts: pb.NamespaceOption) -> None:
-    if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
-        raise InvalidArgument("user namespaces are not supported")
+def _id_mapping(m: userns.IdMap) -> list[IDMapping]:
+    return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.length}]
+
+
+def _user_namespace(inputs: SpecInputs, linux: Linux) -> None:
+    """The pod's user namespace, joined by path; runc 1.1 also wants its maps (for the
+    ids it chowns /dev/pts and the like to)."""
+    opts = inputs.config.linux.security_context.namespace_options
+    ids = userns.container_mapping(opts, inputs.sandbox_config.linux.security_context.namespace_options)
+    if ids is None:
+        return
+    if "user" not in inputs.namespaces:
+        raise InvalidArgument("the pod has no user namespace of its own")
+    linux["namespaces"].insert(0, {"type": "user", "path": inputs.namespaces["user"]})
+    linux["uidMappings"] = _id_mapping(ids.uid)
+    linux["gidMappings"] = _id_mapping(ids.gid)
 
 
 def _namespaces(inputs: SpecInputs, privileged: bool) -> list[Namespace]:
     opts = inputs.config.linux.security_context.namespace_options
     pod_opts = inputs.sandbox_config.linux.security_context.namespace_options
-    _check_userns(opts)
-    _check_userns(pod_opts)
     out: list[Namespace] = [{"type": "mount"}]
     for kind, oci in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
         if kind in inputs.namespaces:
@@ -147,6 +159,7 @@ def build_spec(inputs: SpecInputs, cdi: Registry | None = None) -> Spec:
         apply_resources(resources, config.linux.resources)
 
     linux: Linux = {"namespaces": namespaces, "resources": resources}
+    _user_namespace(inputs, linux)
     mounts = build_mounts(
         config,
         sandbox_dir=inputs.sandbox_dir,
@@ -166,8 +179,8 @@ def build_spec(inputs: SpecInputs, cdi: Registry | None = None) -> Spec:
     if not privileged:
         # kubelet sends its default lists (or exactly what the pod asks for). An empty list is
         # ambiguous in proto3: containerd reads it as "nothing masked", CRI-O as "the defaults";
-        # crid takes the defaults, since kubelet's Unmasked procMount requires user namespaces,
-        # which crid rejects anyway, so "empty" can only mean "not set".
+        # crid takes the defaults: it does not implement kubelet's Unmasked procMount, so
+        # "empty" can only mean "not set".
         linux["maskedPaths"] = list(sc.masked_paths) or list(DEFAULT_MASKED_PATHS)
         linux["readonlyPaths"] = list(sc.readonly_paths) or list(DEFAULT_READONLY_PATHS)
     profile = seccomp_profile(sc, process["capabilities"])

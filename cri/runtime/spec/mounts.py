@@ -104,7 +104,9 @@ def _cri_mount(m: pb.Mount, rro_supported: bool, linux: Linux) -> Mount:
     if not m.container_path.startswith("/"):
         raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
     if len(m.uidMappings) or len(m.gidMappings):
-        raise InvalidArgument("id-mapped mounts need user namespaces, which are not supported")
+        raise InvalidArgument(
+            "per-mount uid/gid mappings are not supported (a pod in a user namespace has all its mounts idmapped)"
+        )
     if m.propagation not in _PROPAGATION:
         raise InvalidArgument(f"unknown mount propagation {m.propagation} for {m.host_path}")
     if m.recursive_read_only:

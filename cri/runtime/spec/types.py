@@ -130,8 +130,16 @@ class Resources(TypedDict, total=False):
     unified: dict[str, str]
 
 
+class IDMapping(TypedDict):
+    containerID: int
+    hostID: int
+    size: int
+
+
 class Linux(TypedDict):
     namespaces: list[Namespace]
+    uidMappings: NotRequired[list[IDMapping]]
+    gidMappings: NotRequired[list[IDMapping]]
     resources: Resources
     rootfsPropagation: NotRequired[str]
     cgroupsPath: NotRequired[str]

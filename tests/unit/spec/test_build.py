@@ -102,10 +102,34 @@ def test_cgroup_namespace_only_on_v2_and_unprivileged(env: Path, monkeypatch: py
     assert "cgroup" not in ns_of(build(env, cc(linux=sec(privileged=True)), sandbox=pod(privileged=True)))
 
 
-def test_user_namespaces_rejected(env: Path) -> None:
-    with pytest.raises(InvalidArgument, match="user namespaces are not supported"):
-        build(env, cc(linux=nsopts(userns_options=pb.UserNamespace(mode=pb.POD))))
-    build(env, cc(linux=nsopts(userns_options=pb.UserNamespace(mode=pb.NODE))))
+MAP = [pb.IDMapping(container_id=0, host_id=100000, length=65536)]
+
+
+def userns_opts(mode: Any = pb.POD, uids: list[pb.IDMapping] = MAP) -> pb.NamespaceOption:
+    return pb.NamespaceOption(userns_options=pb.UserNamespace(mode=mode, uids=uids, gids=MAP))
+
+
+def test_user_namespace_joined_with_its_maps(env: Path) -> None:
+    pods_ns = {"user": "/run/ns/user", "net": "/run/ns/net", "ipc": "/run/ns/ipc", "uts": "/run/ns/uts"}
+    sandbox = pod(namespace_options=userns_opts())
+    doc = build(env, cc(linux=nsopts(userns_options=userns_opts().userns_options)), sandbox=sandbox, namespaces=pods_ns)
+    assert ns_of(doc)["user"] == "/run/ns/user"
+    expected = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    assert doc["linux"]["uidMappings"] == expected and doc["linux"]["gidMappings"] == expected
+    # a container that does not repeat the pod's options is still in the pod's user namespace
+    assert ns_of(build(env, sandbox=sandbox, namespaces=pods_ns))["user"] == "/run/ns/user"
+
+
+def test_user_namespace_options_must_be_the_pods(env: Path) -> None:
+    with pytest.raises(InvalidArgument, match="differ from its pod's"):
+        build(env, cc(linux=nsopts(userns_options=userns_opts().userns_options)))
+    other = userns_opts(uids=[pb.IDMapping(container_id=0, host_id=200000, length=65536)])
+    with pytest.raises(InvalidArgument, match="differ from its pod's"):
+        build(env, cc(linux=nsopts(userns_options=other.userns_options)), sandbox=pod(namespace_options=userns_opts()))
+    with pytest.raises(InvalidArgument, match="no user namespace of its own"):
+        build(env, sandbox=pod(namespace_options=userns_opts()))
+    doc = build(env, cc(linux=nsopts(userns_options=pb.UserNamespace(mode=pb.NODE))))
+    assert "user" not in ns_of(doc) and "uidMappings" not in doc["linux"]
 
 
 # ---------------------------------------------------------------- cgroups path

@@ -172,7 +172,10 @@ def test_cri_mount_options(env: Path) -> None:
         (pb.Mount(container_path="/d", host_path=""), "no host_path"),
         (pb.Mount(container_path="/d", image=pb.ImageSpec(image="busybox")), "image volume"),
         (pb.Mount(container_path="rel", host_path="/tmp"), "absolute"),
-        (pb.Mount(container_path="/d", host_path="/tmp", uidMappings=[pb.IDMapping(length=1)]), "user namespaces"),
+        (
+            pb.Mount(container_path="/d", host_path="/tmp", uidMappings=[pb.IDMapping(length=1)]),
+            "per-mount uid/gid mappings",
+        ),
     ],
 )
 def test_cri_mount_rejected(env: Path, mount: pb.Mount, match: str) -> None:
