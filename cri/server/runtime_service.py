@@ -30,6 +30,7 @@ from cri.server.events_service import EventsServicer
 from cri.server.messages import container_message, container_status, list_item, sandbox_message, sandbox_status
 from cri.server.stats_service import StatsServicer
 from cri.server.streaming import StreamingServer
+from cri.server.usage_messages import memory_usage, u64
 
 # items per message of the Stream* list calls
 STREAM_CHUNK = 200
@@ -332,26 +333,14 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         return pb.PortForwardResponse(url=self.streaming.url("portforward", full))
 
 
-def _u64(value: int | None) -> pb.UInt64Value | None:
-    return pb.UInt64Value(value=value) if value is not None else None
-
-
 def container_stats(c: Container, usage: Usage, nano_cores: int | None, mountpoint: str) -> pb.ContainerStats:
     ts = usage.timestamp
     return pb.ContainerStats(
         attributes=pb.ContainerAttributes(
             id=c.id, metadata=c.config.metadata, labels=c.config.labels, annotations=c.config.annotations
         ),
-        cpu=pb.CpuUsage(timestamp=ts, usage_core_nano_seconds=_u64(usage.cpu_ns), usage_nano_cores=_u64(nano_cores)),
-        memory=pb.MemoryUsage(
-            timestamp=ts,
-            working_set_bytes=_u64(usage.working_set),
-            available_bytes=_u64(usage.available),
-            usage_bytes=_u64(usage.memory_usage),
-            rss_bytes=_u64(usage.rss),
-            page_faults=_u64(usage.page_faults),
-            major_page_faults=_u64(usage.major_page_faults),
-        ),
+        cpu=pb.CpuUsage(timestamp=ts, usage_core_nano_seconds=u64(usage.cpu_ns), usage_nano_cores=u64(nano_cores)),
+        memory=memory_usage(ts, usage),
         writable_layer=pb.FilesystemUsage(
             timestamp=ts,
             fs_id=pb.FilesystemIdentifier(mountpoint=mountpoint),

@@ -26,6 +26,7 @@ from cri.runtime.pod_stats import PodSample, PodStats
 from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox, State
 from cri.server.pod_metrics import descriptors, pod_metrics
+from cri.server.usage_messages import memory_usage, u64
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,10 +38,6 @@ METRICS_CHUNK = 50  # pods per StreamPodSandboxMetrics message (a pod's metrics:
 def chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _u64(value: int | None) -> pb.UInt64Value | None:
-    return pb.UInt64Value(value=value) if value is not None else None
 
 
 def _psi_data(line: PsiLine) -> pb.PsiData:
@@ -55,8 +52,8 @@ def psi(p: Pressure | None) -> pb.PsiStats | None:
 
 def _interface(i: Interface) -> pb.NetworkInterfaceUsage:
     return pb.NetworkInterfaceUsage(
-        name=i.name, rx_bytes=_u64(i.rx_bytes), rx_errors=_u64(i.rx_errors), tx_bytes=_u64(i.tx_bytes),
-        tx_errors=_u64(i.tx_errors),
+        name=i.name, rx_bytes=u64(i.rx_bytes), rx_errors=u64(i.rx_errors), tx_bytes=u64(i.tx_bytes),
+        tx_errors=u64(i.tx_errors),
     )  # fmt: skip
 
 
@@ -78,24 +75,13 @@ def pod_stats_message(s: PodSample, containers: list[pb.ContainerStats]) -> pb.P
         linux.cpu.CopyFrom(
             pb.CpuUsage(
                 timestamp=ts,
-                usage_core_nano_seconds=_u64(cg.cpu_ns),
-                usage_nano_cores=_u64(s.nano_cores),
+                usage_core_nano_seconds=u64(cg.cpu_ns),
+                usage_nano_cores=u64(s.nano_cores),
                 psi=psi(cg.cpu_psi),
             )
         )
-        linux.memory.CopyFrom(
-            pb.MemoryUsage(
-                timestamp=ts,
-                working_set_bytes=_u64(cg.working_set),
-                available_bytes=_u64(cg.available),
-                usage_bytes=_u64(cg.memory_usage),
-                rss_bytes=_u64(cg.rss),
-                page_faults=_u64(cg.page_faults),
-                major_page_faults=_u64(cg.major_page_faults),
-                psi=psi(cg.memory_psi),
-            )
-        )
-        linux.process.CopyFrom(pb.ProcessUsage(timestamp=ts, process_count=_u64(cg.pids)))
+        linux.memory.CopyFrom(memory_usage(ts, cg, psi(cg.memory_psi)))
+        linux.process.CopyFrom(pb.ProcessUsage(timestamp=ts, process_count=u64(cg.pids)))
         if cg.io_psi is not None:
             linux.io.CopyFrom(pb.IoUsage(timestamp=ts, psi=psi(cg.io_psi)))
     if s.interfaces is not None:
