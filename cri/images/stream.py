@@ -9,7 +9,6 @@ download waits without blocking the loop, and the data in flight stays small.
 import asyncio
 import contextlib
 import functools
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -18,12 +17,6 @@ from typing import Any, TypeVar
 from cri.images.unpack import Cancelled
 
 T = TypeVar("T")
-
-# A pull's threads (and the decompressors they start, which inherit it) run at a lower
-# priority than the event loop: on a busy node the RPCs kubelet waits on come first, a
-# pull on an idle one is as fast (measured: ListImages p50 during a cold 300 MB pull
-# 3.4-5.5 ms instead of 3.5-29 ms on 2 loaded cores; 172 MB/s either way).
-WORKER_NICE = 10
 
 
 class PipeAborted(Cancelled):
@@ -69,8 +62,6 @@ def in_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
     fut.add_done_callback(_retrieve)
 
     def run() -> None:
-        with contextlib.suppress(OSError):  # raising one's own nice needs no privilege
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
         try:
             result = fn()
         except BaseException as exc:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cri.conditions import Condition
 from cri.config import Config
 from cri.errors import NotFound
+from cri.host import HOST
 from cri.runtime import userns_probe
 from cri.runtime.checkpoint import UNPROBED, CriuProbe, CriuSupport, probe_criu
 from cri.runtime.oci import OciRuntime, Runtime
@@ -41,20 +42,12 @@ log = logging.getLogger(__name__)
 _RRO_KERNEL = (5, 12)
 
 
-def _kernel_at_least(version: tuple[int, int]) -> bool:
-    try:
-        major, minor = (int(p) for p in os.uname().release.split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= version
-
-
 async def probe_features(runtime: Runtime, config: Config | None = None) -> HandlerFeatures:
     """What the runtime's ``features`` says it supports; a runtime that cannot
     say gets nothing claimed for it. With ``config``, user namespaces are tried
     for real (userns_probe.py)."""
     options = (await runtime.features()).get("mountOptions")
-    rro = isinstance(options, list) and "rro" in options and _kernel_at_least(_RRO_KERNEL)
+    rro = isinstance(options, list) and "rro" in options and HOST.kernel_version() >= _RRO_KERNEL
     why_not = "not probed"
     if config is not None:
         why_not = await userns_probe.probe(runtime, config.state_dir, config.root_dir)

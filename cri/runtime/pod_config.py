@@ -2,12 +2,12 @@
 name, hostname, bandwidth annotations, and the network CNI is asked for."""
 
 import re
-import socket
 from collections.abc import Mapping
 
 from cri.api.v1 import api_pb2 as pb
 from cri.cni import PodNetwork, PortMapping
 from cri.errors import InvalidArgument
+from cri.host import HOST
 from cri.runtime import namespaces, userns
 from cri.runtime.sandbox_store import Sandbox
 
@@ -49,7 +49,7 @@ def bandwidth(annotations: Mapping[str, str]) -> dict[str, int] | None:
 
 def pod_hostname(config: pb.PodSandboxConfig) -> str:
     """The pod's hostname; the node's when the config has none, as containerd does."""
-    return config.hostname or socket.gethostname()
+    return config.hostname or HOST.node_name()
 
 
 def host_network(config: pb.PodSandboxConfig) -> bool:
