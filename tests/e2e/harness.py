@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cri import config as configmod
+from cri.api.v1 import api_pb2 as pb
 from tests.e2e import leaks
 from tests.support.daemon import DaemonProcess, deep_merge
 
@@ -120,6 +121,12 @@ class CridProcess(DaemonProcess):
         except sqlite3.Error:
             return  # a daemon that never got as far as its tables
         LEFTOVERS.extend(f"{self.dir}: {path}" for path in leaks.daemon_leftovers(self.root, self.state, live))
+
+    def remove_all_pods(self) -> None:
+        """Stop and remove every pod the daemon has (a module fixture's teardown)."""
+        for p in self.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
+            self.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id))
+            self.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -45,9 +45,7 @@ def env(e2e_base: Path) -> Iterator[tuple[CridProcess, str]]:
         try:
             yield d, ref
         finally:
-            for p in d.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-                d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id))
-                d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+            d.remove_all_pods()
             d.stop()
 
 

@@ -41,9 +41,7 @@ def env(e2e_base: Path) -> Iterator[tuple[CridProcess, str, Network]]:
         try:
             yield d, ref, network
         finally:
-            for p in d.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-                d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id))
-                d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+            d.remove_all_pods()
             d.stop()
             network.cleanup()
 

@@ -52,9 +52,7 @@ def env(e2e_base: Path) -> Iterator[Env]:
         try:
             yield d, refs[0], refs[1], ids[1]
         finally:
-            for p in d.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-                d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id))
-                d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+            d.remove_all_pods()
             d.stop()
             network.cleanup()
 

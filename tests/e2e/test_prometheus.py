@@ -61,9 +61,7 @@ def stack(e2e_base: Path) -> Iterator[Stack]:
                 with Prometheus(base / "prometheus", [d.metrics_address], rule_files=[RULES]) as prom:
                     yield Stack(d, prom, registry, image, f"{registry.host}/e2e/prom:v1")
             finally:
-                for p in d.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-                    d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id))
-                    d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id))
+                d.remove_all_pods()
                 d.stop()
     finally:
         network.cleanup()
