@@ -527,8 +527,11 @@ def running_containers(t: CriTarget, pod_id: str) -> int:
     return sum(1 for c in listed if c.pod_sandbox_id == pod_id and c.state == pb.CONTAINER_RUNNING)
 
 
-def remove_container(t: CriTarget, cid: str) -> None:
+def stop_container(t: CriTarget, cid: str) -> None:
     t.client.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=RPC_TIMEOUT)
+
+
+def delete_container(t: CriTarget, cid: str) -> None:
     t.client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
 
 
@@ -551,26 +554,34 @@ def container_create_start(t: CriTarget, p: Params) -> list[float]:
     return samples
 
 
-@cri_workload(
+@cri_rows_workload(
     "container_lifecycle",
-    "container create+start+stop+remove",
+    (
+        Row("total", "container create+start+stop+remove"),
+        Row("stop", "StopContainer (timeout 0) of a running container"),
+        Row("remove", "RemoveContainer of a stopped container"),
+    ),
     count=10,
     runs=3,
     rpcs=CONTAINER_RPCS,
     needs_images=True,
 )
-def container_lifecycle(t: CriTarget, p: Params) -> list[float]:
-    """Create, start, stop (timeout 0) and remove a busybox container, ``count`` times in one pod."""
+def container_lifecycle(t: CriTarget, p: Params) -> RowSamples:
+    """Create, start, stop (timeout 0) and remove a busybox container, ``count`` times in one pod;
+    the whole cycle timed, and its StopContainer and RemoveContainer on their own."""
     busybox = ensure_busybox(t, p)
-    samples = []
+    total: list[float] = []
+    stop: list[float] = []
+    remove: list[float] = []
     with pod(t, p) as (pod_id, pod_cfg):
         for i in range(p.count):
             t0 = time.perf_counter()
             cid = create_container(t, pod_id, pod_cfg, busybox, f"c{i}")
             start_container(t, cid)
-            remove_container(t, cid)
-            samples.append(time.perf_counter() - t0)
-    return samples
+            _clock(stop, stop_container, t, cid)
+            _clock(remove, delete_container, t, cid)
+            total.append(time.perf_counter() - t0)
+    return {"total": total, "stop": stop, "remove": remove}
 
 
 @cri_workload(
@@ -597,27 +608,38 @@ def pod_container_start(t: CriTarget, p: Params) -> list[float]:
     return samples
 
 
+LIST_100_RPCS = (*CONTAINER_RPCS, "ListContainers")
+
+
+@contextmanager
+def hundred_containers(t: CriTarget, p: Params) -> Iterator[None]:
+    """100 busybox containers (created, not started) in one pod, removed afterwards."""
+    busybox = ensure_busybox(t, p)
+    with pod(t, p) as (pod_id, pod_cfg):
+        cids = [create_container(t, pod_id, pod_cfg, busybox, f"c{i}") for i in range(100)]
+        listed = len(t.client.runtime.ListContainers(pb.ListContainersRequest(), timeout=RPC_TIMEOUT).containers)
+        if listed < len(cids):
+            raise RuntimeError(f"{t.name} lists {listed} containers, {len(cids)} were created")
+        try:
+            yield
+        finally:
+            for cid in cids:
+                t.client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
+
+
 @cri_workload(
     "list_containers_100",
     "ListContainers, 100 containers",
     count=200,
     runs=2,
-    rpcs=(*CONTAINER_RPCS, "ListContainers"),
+    rpcs=LIST_100_RPCS,
     needs_images=True,
 )
 def list_containers_100(t: CriTarget, p: Params) -> list[float]:
     """ListContainers with 100 containers (created, not started) in one pod."""
-    busybox = ensure_busybox(t, p)
-    with pod(t, p) as (pod_id, pod_cfg):
-        cids = [create_container(t, pod_id, pod_cfg, busybox, f"c{i}") for i in range(100)]
+    with hundred_containers(t, p):
         req = pb.ListContainersRequest()
-        listed = len(t.client.runtime.ListContainers(req, timeout=RPC_TIMEOUT).containers)
-        if listed < len(cids):
-            raise RuntimeError(f"{t.name} lists {listed} containers, {len(cids)} were created")
-        samples = timed(lambda: t.client.runtime.ListContainers(req, timeout=RPC_TIMEOUT), p.count)
-        for cid in cids:
-            t.client.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
-        return samples
+        return timed(lambda: t.client.runtime.ListContainers(req, timeout=RPC_TIMEOUT), p.count)
 
 
 MONITORS = {"conmon", "containerd-shim-runc-v2"}

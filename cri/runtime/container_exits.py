@@ -5,6 +5,11 @@ conmon writes a container's exit code to the exit directory; the watcher
 container that exited while crid was down is found by its exit file at
 startup, with the file's time as the finish time; one whose process and
 monitor are both gone (a reboot) is recorded as exited, code 255.
+
+Once an exit is recorded the OCI runtime's record of the container (its
+state and cgroup) is deleted in the background, as containerd deletes a
+task when it exits: StopContainer waits for that, and RemoveContainer then
+needs no runtime process of its own.
 """
 
 import asyncio
@@ -26,6 +31,7 @@ from cri.runtime.system import System
 log = logging.getLogger("cri.runtime.containers")  # the containers' log, as before the split
 
 MONITOR_WAIT = 10.0  # how long a monitor whose container is gone may take to write the exit file
+DELETES_AT_ONCE = 4  # runtime deletes in flight (many exits recorded at once after a restart)
 
 
 class Exits:
@@ -49,12 +55,15 @@ class Exits:
         self.oom_killed = oom_killed
         self.watcher = ExitWatcher(directory, self.on_exit, self.rescan)
         self._exited: dict[str, asyncio.Event] = {}
+        self._deletes: dict[str, asyncio.Task[bool]] = {}
+        self._delete_slots = asyncio.Semaphore(DELETES_AT_ONCE)
 
     def event(self, cid: str) -> asyncio.Event:
         return self._exited.setdefault(cid, asyncio.Event())
 
     def forget(self, cid: str) -> None:
         self._exited.pop(cid, None)
+        self._deletes.pop(cid, None)
 
     def on_exit(self, cid: str) -> None:
         c = self.store.by_id.get(cid)
@@ -84,6 +93,37 @@ class Exits:
         self.events.publish(Kind.STOPPED, self.pod_of(c.sandbox_id), c.id)
         log.info("container exited", extra=fields(id=c.id, name=c.name, code=c.exit_code, reason=c.reason))
         count_exit(c.reason)
+        self._delete_soon(c)
+
+    def _delete_soon(self, c: Container) -> None:
+        if c.id in self._deletes:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a unit test's direct call): RemoveContainer deletes it
+            return
+        self._deletes[c.id] = loop.create_task(self._delete(c), name=f"delete {c.id[:12]}")
+
+    async def _delete(self, c: Container) -> bool:
+        async with self._delete_slots:
+            try:
+                await self.runtime_of(c.handler).delete(c.id)
+            except Exception as exc:  # a background task: RemoveContainer tries again
+                log.warning("runtime delete after the exit failed", extra=fields(id=c.id, error=str(exc)))
+                return False
+        return True
+
+    async def runtime_deleted(self, cid: str) -> bool:
+        """Wait for the runtime delete started at the exit; whether it is done (False:
+        none was started in this daemon's life, or it failed, and the caller deletes)."""
+        task = self._deletes.get(cid)
+        return task is not None and await asyncio.shield(task)
+
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: let the runtime deletes in flight finish."""
+        pending = [t for t in self._deletes.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=seconds)
 
     async def wait(self, c: Container, seconds: float) -> bool:
         """Whether the container exited within ``seconds``."""

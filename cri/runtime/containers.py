@@ -283,10 +283,16 @@ class Containers:
     # --- stop, remove ----------------------------------------------------------------------
 
     async def stop(self, cid: str, timeout: int) -> None:  # noqa: ASYNC109 (the CRI field)
-        """StopContainer: the stop signal, SIGKILL after ``timeout``; bounded; idempotent."""
+        """StopContainer: the stop signal, SIGKILL after ``timeout``; bounded; idempotent.
+        Returns once the runtime has deleted the exited container, as containerd's does."""
         c = self.store.find(cid)
-        if c is None or c.state in (State.CREATING, State.EXITED):
+        if c is None or c.state == State.CREATING:
             return
+        if c.state != State.EXITED:
+            await self._stop(c, timeout)
+        await self.exits.runtime_deleted(c.id)
+
+    async def _stop(self, c: Container, timeout: int) -> None:  # noqa: ASYNC109
         runtime = self.handlers.runtime(c.handler)
         try:
             if timeout > 0:
@@ -317,9 +323,9 @@ class Containers:
 
     async def _cleanup(self, c: Container) -> None:
         """Undo everything of a container on the system (not its record)."""
-        runtime = self.handlers.runtime(c.handler)
-        with contextlib.suppress(NotFound, FailedPrecondition):
-            await runtime.delete(c.id)
+        if not await self.exits.runtime_deleted(c.id):  # else deleted at its exit
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await self.handlers.runtime(c.handler).delete(c.id)
         faults.step("RemoveContainer.runtime_deleted")
         conmon = self.system.live_monitor(self.bundle(c.id))
         if conmon:
@@ -451,8 +457,9 @@ class Containers:
     # --- recovery ---------------------------------------------------------------------------
 
     async def drain(self, seconds: float) -> None:
-        """At shutdown: let CreateContainer work in flight finish (or undo itself)."""
+        """At shutdown: let CreateContainer work and runtime deletes in flight finish (or undo themselves)."""
         await self.life.drain(seconds)
+        await self.exits.drain(seconds)
 
     def close(self) -> None:
         """At shutdown, after drain: stop watching for exits (conmon keeps recording them)."""

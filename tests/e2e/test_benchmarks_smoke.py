@@ -16,7 +16,9 @@ from benchmarks.harness import Options, Results, run, select
 HOST_CONTAINERD_DIRS = ("/run/containerd", "/var/lib/containerd", "/opt/containerd")
 CONTAINER_WORKLOADS = (
     "container_create_start",
-    "container_lifecycle",
+    "container_lifecycle.total",
+    "container_lifecycle.stop",
+    "container_lifecycle.remove",
     "pod_container_start",
     "list_containers_100",
     "monitor_rss",
@@ -79,6 +81,7 @@ def test_every_workload_once(workdir: Path) -> None:
         "rss_20_pods.daemon",
         "rss_20_pods.per_pod_rss",
         "version_floor",
+        "list_containers_100_floor",
         "node.run_110",
         "node.list_containers_110",
         "node.exec_110",

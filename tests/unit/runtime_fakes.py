@@ -167,6 +167,7 @@ class FakeRuntime:
         self.faults = faults
         self.containers: dict[str, FakeContainer] = {}
         self.kills: list[tuple[str, str]] = []
+        self.deletes: list[str] = []
         self.deliver: dict[str, int] = {"15": 0, "KILL": 137}  # signal -> exit code
         self.pid_kills_work = True
         self._next_pid = 1000
@@ -223,6 +224,7 @@ class FakeRuntime:
 
     async def delete(self, container_id: str) -> None:
         await self.faults.acheck("runtime.delete")
+        self.deletes.append(container_id)
         c = self.containers.pop(container_id, None)
         if c is not None:
             self.world.processes.pop(c.pid, None)

@@ -213,6 +213,31 @@ def test_stop_gives_up_waiting_and_records_the_exit(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_stop_returns_once_the_runtime_has_deleted_the_container(tmp_path: Path) -> None:
+    async def body(node: Node, sid: str) -> None:
+        c = await running(node, sid)
+        await node.containers.stop(c.id, 0)
+        assert c.id not in node.runtime.containers and node.runtime.deletes == [c.id]
+        await node.containers.stop(c.id, 0)  # again: nothing more
+        await node.containers.remove(c.id)
+        assert node.runtime.deletes == [c.id]  # RemoveContainer needs no runtime delete of its own
+
+    run(tmp_path, body)
+
+
+def test_a_failed_delete_at_the_exit_is_done_again_at_removal(tmp_path: Path) -> None:
+    async def body(node: Node, sid: str) -> None:
+        c = await running(node, sid)
+        node.faults.fail.add("runtime.delete")
+        await node.containers.stop(c.id, 0)
+        assert c.state == State.EXITED and c.id in node.runtime.containers
+        node.faults.fail.clear()
+        await node.containers.remove(c.id)
+        assert node.runtime.deletes == [c.id] and c.id not in node.runtime.containers  # the failed one is not logged
+
+    run(tmp_path, body)
+
+
 # --- exits -----------------------------------------------------------------------------------------------
 
 
@@ -225,6 +250,7 @@ def test_an_exit_is_recorded_when_conmon_writes_it(tmp_path: Path) -> None:
             event = await anext(sub)
         assert (c.exit_code, c.reason, event.kind, event.container_id) == (3, "Error", Kind.STOPPED, c.id)
         assert c.finished_at >= c.started_at and recorded(node) == {c.id: "exited"}
+        assert await node.containers.exits.runtime_deleted(c.id) and c.id not in node.runtime.containers
 
     run(tmp_path, body)
 
