@@ -1,59 +1,37 @@
-"""The floor of a CRI round trip in Python: a bare grpc.aio server answering
-Version with bytes serialized once, no wrapper, no logging, no metrics, no
-crid code. Its row puts that server in crid's column and containerd in its
-own, so the ratio says how much of crid's round trip is grpc.aio itself.
-The same server answers ListContainers with the bytes of a reply crid gave
-(100 containers): the floor of the 100-container list.
-
-``python -m benchmarks.grpc_floor SOCKET [LIST_REPLY_FILE]`` serves until SIGTERM.
+"""The floors of a CRI server in Python: a bare grpc.aio server
+(benchmarks/grpc_floor_server.py) answering Version with bytes serialized
+once, no wrapper, no logging, no metrics, no crid code. Its rows put that
+server in crid's column and containerd in its own, so the ratio says how much
+of crid's figure is grpc.aio itself: the Version round trip, ListContainers
+with the bytes of crid's own 100-container reply, and the idle RSS.
 """
 
-import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 
 from benchmarks.core import CriTarget, Params, cri_workload
-from benchmarks.workloads import LIST_100_RPCS, hundred_containers, list_containers_100, timed
+from benchmarks.workloads import LIST_100_RPCS, hundred_containers, list_containers_100, rss_samples, timed
 from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 
 START_TIMEOUT = 20.0
-REPLY = pb.VersionResponse(
-    version="0.1.0", runtime_name="grpc-floor", runtime_version="0", runtime_api_version="v1"
-).SerializeToString()
 
 
-async def _version(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    return REPLY
-
-
-async def serve(socket: str, list_reply: bytes = b"") -> None:
-    async def list_containers(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return list_reply
-
-    server = grpc.aio.server()
-    methods = {  # no (de)serializers: bytes in, bytes out
-        "Version": grpc.unary_unary_rpc_method_handler(_version),
-        "ListContainers": grpc.unary_unary_rpc_method_handler(list_containers),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("runtime.v1.RuntimeService", methods),))
-    server.add_insecure_port(f"unix://{socket}")
-    await server.start()
-    await server.wait_for_termination()
-
-
-def _floor_samples(workdir: Path, count: int, list_reply: bytes = b"") -> list[float]:
-    """Version (or, given ``list_reply``, ListContainers) against the bare server, ``count`` times."""
+@contextmanager
+def _floor_server(workdir: Path, list_reply: bytes = b"") -> Iterator[tuple[CriClient, int]]:
+    """The bare server started and answering; (a client of it, its pid)."""
     socket = str(workdir / "floor.sock")
     Path(socket).unlink(missing_ok=True)  # an earlier round's
     reply_file = workdir / "floor-list-reply.bin"
     reply_file.write_bytes(list_reply)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.grpc_floor", socket, str(reply_file)], stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "benchmarks.grpc_floor_server", socket, str(reply_file)], stdin=subprocess.DEVNULL
     )
     try:
         with CriClient(socket) as client:
@@ -65,14 +43,20 @@ def _floor_samples(workdir: Path, count: int, list_reply: bytes = b"") -> list[f
                 except grpc.RpcError:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise
-            if list_reply:
-                listing = pb.ListContainersRequest()
-                return timed(lambda: client.runtime.ListContainers(listing), count)
-            req = pb.VersionRequest(version="0.1.0")
-            return timed(lambda: client.runtime.Version(req), count)
+            yield client, proc.pid
     finally:
         proc.terminate()
         proc.wait()
+
+
+def _floor_samples(workdir: Path, count: int, list_reply: bytes = b"") -> list[float]:
+    """Version (or, given ``list_reply``, ListContainers) against the bare server, ``count`` times."""
+    with _floor_server(workdir, list_reply) as (client, _):
+        if list_reply:
+            listing = pb.ListContainersRequest()
+            return timed(lambda: client.runtime.ListContainers(listing), count)
+        req = pb.VersionRequest(version="0.1.0")
+        return timed(lambda: client.runtime.Version(req), count)
 
 
 @cri_workload("version_floor", "Version round trip: a bare grpc.aio server in crid's column (the floor)", count=2000)
@@ -99,5 +83,12 @@ def list_containers_100_floor(t: CriTarget, p: Params) -> list[float]:
     return _floor_samples(p.workdir, p.count, reply)
 
 
-if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], Path(sys.argv[2]).read_bytes() if len(sys.argv) > 2 else b""))
+@cri_workload(
+    "rss_idle_floor", "daemon RSS, idle: the bare grpc.aio server in crid's column (the floor)", unit="bytes", count=10
+)
+def rss_idle_floor(t: CriTarget, p: Params) -> list[float]:
+    if t.name != "crid":
+        return rss_samples(t.pid, p.count)
+    with _floor_server(p.workdir) as (client, pid):
+        client.runtime.Version(pb.VersionRequest(), timeout=10)  # it has served a call, as crid has
+        return rss_samples(pid, p.count)

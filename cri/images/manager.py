@@ -8,7 +8,9 @@ flight hold when it collects garbage.
 from __future__ import annotations  # aiohttp and the registry client are imported at the first pull
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -161,17 +163,18 @@ class Images:
         for image in self.meta.images.values():
             keep.update(image.blobs)
             keep.update(image.chain_ids)
-        # unlinked right here, not in a thread: a pull starting meanwhile must not find a blob that vanishes
-        for digest in list(self.content.digests()):
-            if digest not in keep:
-                self.content.delete(digest)
+        # taken out right here (renames), deleted in a thread: a pull starting meanwhile must not
+        # find a blob or snapshot that vanishes, and the event loop must not wait for the disk
+        blobs = [moved for d in list(self.content.digests()) if d not in keep and (moved := self.content.detach(d))]
         doomed = []
         for snap in list(self.meta.snapshots.values()):
             if snap.chain_id not in keep:
                 self.meta.remove_snapshot(snap.chain_id)
                 doomed.append(self.snapshots.detach(snap.num))
+        if blobs:
+            await asyncio.to_thread(_unlink_all, blobs)
         loop = asyncio.get_running_loop()
-        for path in doomed:  # big trees: deleted off the event loop
+        for path in doomed:  # big trees
             await loop.run_in_executor(None, shutil.rmtree, path, True)
 
     async def usage(self) -> tuple[int, int]:
@@ -191,3 +194,9 @@ class Images:
             except FileNotFoundError:
                 continue
         return used, count
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -32,9 +32,11 @@ from __future__ import annotations  # aiohttp and the registry client are import
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -78,6 +80,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # layers unpacked from the content store at once (those of a download are bounded by the downloads)
 UNPACK_THREADS = max(2, os.cpu_count() or 1)
+REGISTRY_CLIENT = "cri.images.registry"  # and aiohttp, imported at the first pull
 
 
 class Puller:
@@ -165,6 +168,8 @@ class Puller:
             )
 
     async def _pull(self, ref: Reference, credentials: Credentials, progress: Progress, pinned: set[str]) -> str:
+        if REGISTRY_CLIENT not in sys.modules:  # the first pull: aiohttp's imports take 0.25 s, not the loop's
+            await asyncio.to_thread(importlib.import_module, REGISTRY_CLIENT)
         from cri.images.registry import Repository
 
         hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)

@@ -82,6 +82,7 @@ def test_every_workload_once(workdir: Path) -> None:
         "rss_20_pods.per_pod_rss",
         "version_floor",
         "list_containers_100_floor",
+        "rss_idle_floor",
         "node.run_110",
         "node.list_containers_110",
         "node.exec_110",

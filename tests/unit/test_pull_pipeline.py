@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -345,3 +346,23 @@ async def test_concurrent_pulls_share_each_download(registry: FakeRegistry, imag
     for layer in image.layers:
         assert registry.downloads(layer.digest) == 1
     assert pulled_trees(images, ids[0]) == reference_trees(tmp_path, image)
+
+
+async def test_removing_an_image_deletes_its_blobs_off_the_event_loop(
+    registry: FakeRegistry, images: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.add("v1", cross_layer_image())
+    image_id = await pull(images, registry)
+    blobs, ingest = images.content.blobs, images.content.ingest_dir
+    assert len(os.listdir(blobs)) > 2  # the layers, the config, the manifest
+    unlinked_on: list[str] = []
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        unlinked_on.append(threading.current_thread().name)
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    await images.remove(image_id)
+    assert os.listdir(blobs) == [] and os.listdir(ingest) == []
+    assert unlinked_on and threading.main_thread().name not in unlinked_on  # the loop's thread never waits for it

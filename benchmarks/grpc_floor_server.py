@@ -1,0 +1,41 @@
+"""The bare grpc.aio server of benchmarks/grpc_floor.py, in a module of its own so that its
+process loads what a Python CRI server cannot do without and nothing else: asyncio, grpc and
+the CRI's generated messages (no benchmark code, no crid code). It answers Version with bytes
+serialized once, and ListContainers with the bytes of LIST_REPLY_FILE (a reply crid gave).
+
+``python -m benchmarks.grpc_floor_server SOCKET [LIST_REPLY_FILE]`` serves until SIGTERM.
+"""
+
+import asyncio
+import sys
+from pathlib import Path
+
+import grpc
+
+from cri.api.v1 import api_pb2 as pb
+
+VERSION_REPLY = pb.VersionResponse(
+    version="0.1.0", runtime_name="grpc-floor", runtime_version="0", runtime_api_version="v1"
+).SerializeToString()
+
+
+async def serve(socket: str, list_reply: bytes = b"") -> None:
+    async def version(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return VERSION_REPLY
+
+    async def list_containers(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return list_reply
+
+    server = grpc.aio.server()
+    methods = {  # no (de)serializers: bytes in, bytes out
+        "Version": grpc.unary_unary_rpc_method_handler(version),
+        "ListContainers": grpc.unary_unary_rpc_method_handler(list_containers),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("runtime.v1.RuntimeService", methods),))
+    server.add_insecure_port(f"unix://{socket}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(sys.argv[1], Path(sys.argv[2]).read_bytes() if len(sys.argv) > 2 else b""))
