@@ -1,9 +1,8 @@
 """Containers: create, start, stop, remove, exec, status, and recovery.
 
-Every container runs under its own conmon (see monitor.py); crid talks to
-the OCI runtime only through short commands, so a crid restart never touches
-a running container. Exits are recorded by container_exits.py; ExecSync is
-exec_sync.py, Exec exec_session.py, usage sampling stats.py.
+Every container runs under its own conmon (see monitor.py); crid talks to the OCI runtime only through
+short commands, so a crid restart never touches a running container. Exits are recorded by
+container_exits.py; ExecSync is exec_sync.py, Exec exec_session.py, usage sampling stats.py.
 """
 
 import asyncio
@@ -427,8 +426,6 @@ class Containers:
     async def checkpoint(self, cid: str, location: str, timeout: int) -> None:  # noqa: ASYNC109 (the CRI field)
         await checkpoint.checkpoint(self, cid, location, timeout)  # the container keeps running
 
-    # --- stats ----------------------------------------------------------------------------
-
     async def stats(self, containers: list[Container]) -> list[tuple[Container, Usage, int | None]]:
         """Usage of each container, with CPU use in nanocores since the last sample."""
         return await self.usage.sample(containers, lambda c: os.path.join(self.persist(c.id), "upper"))
@@ -438,6 +435,10 @@ class Containers:
     def ids(self) -> KeysView[str]:
         """The ids of every container record, a live view (what the server's list caches keep)."""
         return self.store.by_id.keys()
+
+    def generation(self) -> int:
+        """Moves at every change of a container record: a list reply is good until it does."""
+        return self.store.generation
 
     def records(self) -> list[Container]:
         """Every container record, copied in one step (the metrics scrape runs in another thread)."""

@@ -315,6 +315,10 @@ class Pods:
         """The ids of every pod record, a live view (what the server's list caches keep)."""
         return self.store.by_id.keys()
 
+    def generation(self) -> int:
+        """Moves at every change of a pod record: a list reply is good until it does."""
+        return self.store.generation
+
     def records(self) -> list[Sandbox]:
         """Every pod record, copied in one step (the metrics scrape runs in another thread)."""
         return list(self.store.by_id.values())

@@ -62,6 +62,7 @@ class RecordTable(Generic[R]):
         store.migrate(table, schema(table, owner_column))
         self.by_id: dict[str, R] = {}
         self.by_name: dict[str, str] = {}
+        self.generation = 0  # moves at every write: what the server's list replies are kept by
         for row in store.db.execute(f"SELECT * FROM {table} ORDER BY created_at"):
             record = load(row, json.loads(row["data"]))
             self.by_id[record.id] = record
@@ -76,12 +77,14 @@ class RecordTable(Generic[R]):
             )  # fmt: skip
         self.by_id[r.id] = r
         self.by_name[r.name] = r.id
+        self.generation += 1
 
     def save(self, r: R) -> None:
         with self.store.tx() as db:
             db.execute(
                 f"UPDATE {self.table} SET state = ?, data = ? WHERE id = ?", (r.state_value, json.dumps(r.data()), r.id)
             )
+        self.generation += 1
 
     def update(self, r: R, **changes: Any) -> None:
         """Change fields of a record and write it, in one call (as containerd's UpdateSync)."""
@@ -98,6 +101,7 @@ class RecordTable(Generic[R]):
         self.by_id.pop(r.id, None)
         if self.by_name.get(r.name) == r.id:
             del self.by_name[r.name]
+        self.generation += 1
 
     def find(self, id_or_prefix: str) -> R | None:
         """By full id or a unique id prefix (crictl shows 13 characters)."""

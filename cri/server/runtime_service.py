@@ -34,6 +34,7 @@ from cri.server.usage_messages import memory_usage, u64
 
 # items per message of the Stream* list calls
 STREAM_CHUNK = 200
+MAX_KEPT_REPLIES = 8  # list replies kept, one per filter (kubelet uses two or three)
 
 # The version of the kubelet-runtime API this server speaks (fixed by the CRI).
 KUBE_API_VERSION = "0.1.0"
@@ -72,6 +73,7 @@ class _Listing:
     def __init__(self, build: Callable[[Any], Message]) -> None:
         self.build = build
         self._cache: dict[str, tuple[str, bytes]] = {}
+        self._replies: dict[bytes, tuple[int, bytes]] = {}  # filter -> (generation, reply)
 
     def get(self, obj: Any, version: str) -> bytes:
         hit = self._cache.get(obj.id)
@@ -86,6 +88,19 @@ class _Listing:
         if len(self._cache) > 2 * len(live) + 16:
             self._cache = {k: v for k, v in self._cache.items() if k in live}
         return b"".join([self.get(obj, obj.state.value) for obj in found])
+
+    def kept(self, filt: Message | None, generation: int, make: Callable[[], bytes]) -> bytes:
+        """The reply to a list call with ``filt``, made again only when the records' ``generation``
+        has moved since: kubelet lists every second with the same few filters."""
+        key = filt.SerializeToString() if filt is not None else b""
+        hit = self._replies.get(key)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        if len(self._replies) >= MAX_KEPT_REPLIES:
+            self._replies.clear()
+        reply = make()
+        self._replies[key] = (generation, reply)
+        return reply
 
 
 class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeServiceServicer):
@@ -198,7 +213,8 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
 
     async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> bytes:
         # a ListPodSandboxResponse on the wire (as the Stream* replies below): see _Listing
-        return self._pods_listed(self.pods.list(request.filter if request.HasField("filter") else None))
+        filt = request.filter if request.HasField("filter") else None
+        return self._pod_listing.kept(filt, self.pods.generation(), lambda: self._pods_listed(self.pods.list(filt)))
 
     async def StreamPodSandboxes(self, request: pb.StreamPodSandboxesRequest, context: Any) -> AsyncIterator[bytes]:
         found = self.pods.list(request.filter if request.HasField("filter") else None)
@@ -228,7 +244,11 @@ class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeService
         return pb.RemoveContainerResponse()
 
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> bytes:
-        return self._containers_listed(self.containers.list(request.filter if request.HasField("filter") else None))
+        filt = request.filter if request.HasField("filter") else None
+        generation = self.containers.generation()
+        return self._container_listing.kept(
+            filt, generation, lambda: self._containers_listed(self.containers.list(filt))
+        )
 
     async def StreamContainers(self, request: pb.StreamContainersRequest, context: Any) -> AsyncIterator[bytes]:
         found = self.containers.list(request.filter if request.HasField("filter") else None)

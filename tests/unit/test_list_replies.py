@@ -1,16 +1,19 @@
 """List replies served as cached wire bytes: the same bytes a client parses into the
 messages crid would have built, and a state change shows in the next reply."""
 
+from pathlib import Path
+
 import pytest
 from google.protobuf.message import Message
 
 from cri.api.v1 import api_pb2 as pb
-from cri.runtime.container_store import Container
+from cri.runtime.container_store import Container, ContainerStore
 from cri.runtime.container_store import State as CState
 from cri.runtime.sandbox_store import Sandbox, State
 from cri.server.messages import LIST_ITEMS_FIELD, container_message, sandbox_message
 from cri.server.rpc import _serialize
 from cri.server.runtime_service import _VERSION, _Listing
+from cri.store import Store
 
 LIST_REPLIES = (
     (pb.ListContainersResponse, "containers"),
@@ -85,3 +88,35 @@ def test_removed_objects_leave_the_cache() -> None:
 def test_replies_pass_the_serializer_as_they_are() -> None:
     assert pb.VersionResponse.FromString(_serialize(_VERSION)).runtime_name == "crid"
     assert _serialize(pb.VersionResponse(version="1")) == pb.VersionResponse(version="1").SerializeToString()
+
+
+def test_a_kept_reply_is_made_again_only_when_the_generation_moves() -> None:
+    listing = _Listing(container_message)
+    made: list[int] = []
+
+    def make(n: int) -> bytes:
+        made.append(n)
+        return listing.reply([_container(n)], {_container(n).id})
+
+    running = pb.ContainerFilter(state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))
+    first = listing.kept(None, 1, lambda: make(1))
+    assert listing.kept(None, 1, lambda: make(2)) == first  # same generation: the kept bytes
+    assert listing.kept(pb.ContainerFilter(), 1, lambda: make(3)) == first  # an empty filter is no filter
+    listing.kept(running, 1, lambda: make(4))  # another filter: its own reply
+    moved = listing.kept(None, 2, lambda: make(5))
+    assert made == [1, 4, 5] and pb.ListContainersResponse.FromString(moved).containers[0].metadata.name == "c5"
+
+
+def test_every_write_of_a_record_moves_the_generation(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    containers = ContainerStore(store)
+    seen = [containers.generation]
+    c = _container(1, CState.CREATED)
+    containers.add(c)
+    seen.append(containers.generation)
+    containers.update(c, state=CState.RUNNING)
+    seen.append(containers.generation)
+    containers.delete(c)
+    seen.append(containers.generation)
+    store.close()
+    assert seen == sorted(set(seen))  # strictly increasing
