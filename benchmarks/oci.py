@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 BUSYBOX = "/bin/busybox"  # Debian's busybox-static
@@ -52,6 +54,27 @@ def run_once(binary: str, root: Path, bundle: Path, cid: str, timeout: float = 3
         subprocess.run([binary, "--root", str(root), "delete", "--force", cid], capture_output=True)
         message = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
         raise RuntimeError(f"{os.path.basename(binary)} run failed: {message}")
+
+
+def create_start_once(binary: str, root: Path, bundle: Path, cid: str, timeout: float = 30.0) -> float:
+    """``create`` then ``start`` as two commands, as a CRI runtime starts a container (its
+    monitor runs ``create``, StartContainer ``start``); their seconds. The container is
+    deleted afterwards, untimed. Its stdio is /dev/null and a file: the container keeps
+    what ``create`` is given, so a pipe would never reach its end."""
+    base = [binary, "--root", str(root)]
+    try:
+        with tempfile.TemporaryFile() as err:
+            t0 = time.perf_counter()
+            for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
+                null = subprocess.DEVNULL
+                done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
+                if done.returncode != 0:
+                    err.seek(0)
+                    message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
+                    raise RuntimeError(f"{os.path.basename(binary)} {args[0]} failed: {message}")
+            return time.perf_counter() - t0
+    finally:
+        subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=timeout)
 
 
 def version(binary: str) -> str:
