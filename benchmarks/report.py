@@ -335,7 +335,8 @@ def write(results: "Results", directory: Path) -> dict[str, Path]:
         "samples": directory / "samples.json",
         "plot": directory / "latency.png",
     }
-    files["json"].write_text(json.dumps(to_json(results), indent=2) + "\n")
+    data = to_json(results)
+    files["json"].write_text(json.dumps(data, indent=2) + "\n")
     files["markdown"].write_text(to_markdown(results))
     samples = {r.workload.name: {n: o.samples for n, o in r.outcomes.items()} for r in results.workloads}
     files["samples"].write_text(json.dumps(samples) + "\n")
@@ -344,4 +345,8 @@ def write(results: "Results", directory: Path) -> dict[str, Path]:
 
     if scaling.plot(results, directory / "scaling.png"):
         files["scaling"] = directory / "scaling.png"
+    from benchmarks import pull_plot
+
+    if pull_plot.plot(data, directory / "pull.png"):
+        files["pull"] = directory / "pull.png"
     return files

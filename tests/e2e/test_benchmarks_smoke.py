@@ -52,7 +52,7 @@ def test_every_workload_once(workdir: Path) -> None:
     results: Results = run(options)
 
     assert {r.workload.parent or r.workload.name for r in results.workloads} == set(REGISTRY)
-    for kind in ("json", "markdown", "samples", "plot"):
+    for kind in ("json", "markdown", "samples", "plot", "pull"):
         assert results.files[kind].stat().st_size > 0, kind
     assert results.failed() == []
     for r in results.workloads:
