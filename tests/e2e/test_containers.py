@@ -382,6 +382,36 @@ def test_update_container_resources(pod: Pod) -> None:
     assert pod.status(cid).resources.linux.memory_limit_in_bytes == 64 << 20
 
 
+def test_lists_follow_every_state_change(pod: Pod) -> None:
+    """The list replies crid keeps (kubelet lists every second with the same filters) change with each
+    write: create, start, an exit of its own, stop, remove; the pod list with the pod's stop and removal."""
+    rt = pod.d.client.runtime
+    mine = pb.ContainerFilter(pod_sandbox_id=pod.id)
+
+    def listed() -> dict[str, int]:
+        return {c.id: c.state for c in rt.ListContainers(pb.ListContainersRequest(filter=mine)).containers}
+
+    def pods() -> dict[str, int]:
+        return {p.id: p.state for p in rt.ListPodSandbox(pb.ListPodSandboxRequest()).items}
+
+    assert listed() == {} and pods()[pod.id] == pb.SANDBOX_READY
+    quick, slow = pod.create("quick", ["sh", "-c", "sleep 0.3"]), pod.create("slow", ["sleep", "600"])
+    assert listed() == {quick: pb.CONTAINER_CREATED, slow: pb.CONTAINER_CREATED}
+    for cid in (quick, slow):
+        rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    assert listed()[slow] == pb.CONTAINER_RUNNING
+    pod.wait(quick)  # exits by itself: only the exit watcher writes the record
+    assert listed() == {quick: pb.CONTAINER_EXITED, slow: pb.CONTAINER_RUNNING}
+    rt.StopContainer(pb.StopContainerRequest(container_id=slow, timeout=0))
+    assert listed() == {quick: pb.CONTAINER_EXITED, slow: pb.CONTAINER_EXITED}
+    rt.RemoveContainer(pb.RemoveContainerRequest(container_id=quick))
+    assert listed() == {slow: pb.CONTAINER_EXITED}
+    rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+    assert pods()[pod.id] == pb.SANDBOX_NOTREADY
+    rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+    assert pod.id not in pods() and listed() == {}
+
+
 def test_list_filters_and_status(pod: Pod) -> None:
     a = pod.run("lista", ["sleep", "600"], labels={"role": "a"})
     b = pod.create("listb", ["true"], labels={"role": "b"})
