@@ -24,6 +24,7 @@ import errno
 import os
 import platform
 import re
+import signal
 import socket
 from typing import Any
 
@@ -31,6 +32,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 MOUNTINFO = "/proc/self/mountinfo"
 MNT_DETACH = 2  # umount2: lazily, a process may still use the mount
 _SYNC_FILE_RANGE_WRITE = 2  # start the write-out of the range's dirty pages, do not wait for it
+_PR_SET_PDEATHSIG = 1
 # the new mount API (include/uapi/linux/mount.h); its syscall numbers are the same on every architecture
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
 OPEN_TREE_CLONE = 1
@@ -256,6 +258,13 @@ class Host:
         """Start writing a file range's dirty pages to disk, without waiting. Best effort,
         errors ignored: the fsync that follows is what counts."""
         self.libc.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(nbytes), _SYNC_FILE_RANGE_WRITE)
+
+    def die_with_parent(self, parent: int) -> None:
+        """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG); exits at once
+        if the parent ``parent`` is already gone."""
+        self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
 
     def malloc_trim(self) -> None:
         """Give the free memory at the top of glibc's main arena back to the system. Blocking."""

@@ -70,6 +70,16 @@ class ContentStore:
             return None
         return moved
 
+    def ingest_prefix(self, digest: str) -> str:
+        """The start of the names of ``digest``'s ingest files (one download of a blob at a time)."""
+        return digest.removeprefix("sha256:")[:12] + "-"
+
+    def discard_ingest(self, digest: str) -> None:
+        """What a download that died without cleaning up (a killed pull process) left of ``digest``."""
+        for name in os.listdir(self.ingest_dir):
+            if name.startswith(self.ingest_prefix(digest)):
+                _unlink(os.path.join(self.ingest_dir, name))
+
     def clear_ingest(self) -> None:
         shutil.rmtree(self.ingest_dir, ignore_errors=True)
         os.makedirs(self.ingest_dir, exist_ok=True)
@@ -179,7 +189,7 @@ class Ingest(BlobSink):
         self.store = store
         self.digest = digest
         self.size = size
-        fd, self.tmp = tempfile.mkstemp(dir=store.ingest_dir, prefix=digest.removeprefix("sha256:")[:12] + "-")
+        fd, self.tmp = tempfile.mkstemp(dir=store.ingest_dir, prefix=store.ingest_prefix(digest))
         self._pipe = Pipe(PIPE_BYTES)
         self._offset = 0  # where the next write lands in the blob (a resumed download's Range)
         self._fed = 0  # bytes given to the thread: a download started over does not give them again

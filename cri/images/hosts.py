@@ -42,6 +42,10 @@ class RegistryHost:
     headers: tuple[tuple[str, str], ...] = ()
     _ssl: list[ssl.SSLContext] = field(default_factory=list, compare=False, repr=False)
 
+    def __getstate__(self) -> dict[str, object]:
+        """Sent to a layer's own process (cri/images/layer_child.py): the TLS context is built again there."""
+        return {**self.__dict__, "_ssl": []}
+
     @property
     def base(self) -> str:
         return f"{self.scheme}://{self.netloc}{self.path}"

@@ -73,23 +73,15 @@ class Images:
         await self.puller.drain(seconds)
 
     async def close(self) -> None:
+        await self.puller.zygote.stop()
         if self._session is not None:
             await self._session.close()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            import aiohttp
+            from cri.images.registry import new_session
 
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=30, sock_read=self.config.images.pull_progress_timeout_seconds
-            )
-            self._session = aiohttp.ClientSession(
-                timeout=timeout,
-                connector=aiohttp.TCPConnector(limit=64),
-                headers={"User-Agent": "crid"},
-                trust_env=False,
-                auto_decompress=False,
-            )
+            self._session = new_session(self.config.images.pull_progress_timeout_seconds)
         return self._session
 
     async def pull(self, text: str, credentials: Credentials) -> str:

@@ -8,11 +8,12 @@ only then is the image recorded. Blob downloads and unpacks are shared
 between concurrent pulls.
 
 Each layer takes one pass over its bytes, as they arrive: the download runs
-on the event loop and only hands the bytes to a thread of the layer's own
-(content.Ingest), which writes them to the ingest file, hashes them (the
-digest check), decompresses them and unpacks the tar into the layer's tmp
-snapshot dir (unpack.extract, hashing the diff_id). Nothing is written and
-read back. A broken download resumes with Range and the pass goes on where
+on the event loop and only hands the bytes to a child process of the layer's
+own (content.Ingest, cri/images/layer_child.py), which writes them to the
+ingest file, hashes them (the digest check), decompresses them and unpacks
+the tar into the layer's tmp snapshot dir (unpack.extract, hashing the
+diff_id). Nothing is written and read back; the daemon's GIL and heap carry
+none of it. A broken download resumes with Range and the pass goes on where
 it was; a server that ignores Range sends the start again, which is skipped.
 The blob is committed to the content store only if size and digest match,
 the snapshot only if the diff_id does too, and a digest mismatch is what is
@@ -37,11 +38,10 @@ import logging
 import os
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cri import faults
 from cri.config import Config
@@ -50,6 +50,9 @@ from cri.host import HOST
 from cri.images.auth import Credentials, TokenCache
 from cri.images.content import ContentStore
 from cri.images.hosts import load_hosts
+from cri.images.layer_child import Download, Job, Unpack
+from cri.images.layer_process import LayerProcess, Zygote, as_applied
+from cri.images.layer_stream import Cancelled
 from cri.images.manifest import Layer, user_of
 from cri.images.metadata import ImageMetadata, ImageRecord, SnapshotRecord, now_ns
 from cri.images.pull_metrics import (
@@ -66,8 +69,8 @@ from cri.images.reference import Reference, parse
 from cri.images.resolve import resolve
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
-from cri.images.stream import in_thread, settle_from_thread
-from cri.images.unpack import Applied, NeedsLowers, extract
+from cri.images.stream import in_thread
+from cri.images.unpack import Applied, NeedsLowers
 from cri.log import fields
 
 if TYPE_CHECKING:  # aiohttp is 9 MiB of a daemon that may never pull
@@ -109,6 +112,7 @@ class Puller:
         self._idle = asyncio.Event()  # set while no pull is in flight
         self._idle.set()
         self._unpack_slots = asyncio.Semaphore(UNPACK_THREADS)
+        self.zygote = Zygote(config.log.level, config.log.format)  # forks each layer's process
 
     def held(self) -> set[str]:
         """Blobs and chain ids in-flight pulls need: GC keeps them."""
@@ -300,7 +304,8 @@ class Puller:
                 applied = await self._finish(job, applied, self._lowers(layers, i))
             assert applied is not None
         except BaseException:
-            job.cancel.set()
+            for stop in job.stops:
+                stop()
             if job.work:
                 await asyncio.wait(job.work)
             await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, tmp, True)
@@ -332,51 +337,57 @@ class Puller:
                 return applied
         return await self._from_file(job, lowers)
 
+    def _job(self, job: _Unpack, lowers: list[str] | None, download: bool) -> Job:
+        """What a layer's own process is to do (cri/images/layer_child.py)."""
+        layer, repo = job.layer, job.repo
+        fetch = None
+        if download:
+            timeout = self.config.images.pull_progress_timeout_seconds
+            fetch = Download(repo.registry, repo.path, repo.hosts, repo.credentials, repo.auth, timeout)
+        unpack = Unpack(job.target, lowers, layer.diff_id)
+        return Job(os.path.dirname(self.content.root), layer.digest, layer.size, layer.compression, fetch, unpack)
+
     async def _stream(self, job: _Unpack, lowers: list[str] | None) -> Applied | None:
         """Download the blob into the content store, unpacking it in the same pass; None when
         the download joined (one of another chain with the same blob) did not unpack it."""
         layer, limit, progress = job.layer, job.limit, job.progress
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[Applied] = loop.create_future()
-        outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
-
-        def unpack(raw: IO[bytes]) -> None:  # in the ingest's thread, reading the blob as it arrives
-            try:
-                result = extract(raw, layer.compression, job.target, lowers, layer.diff_id, job.cancel)
-            except BaseException as exc:
-                settle_from_thread(loop, outcome, None, exc)
-            else:
-                settle_from_thread(loop, outcome, result, None)
-
-        attach = [unpack]  # taken by the download this call starts, not by one it joins
+        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        attach = [self._job(job, lowers, download=True)]  # taken by the download this call starts
 
         async def download() -> None:
             held: asyncio.Semaphore | None = limit
             await limit.acquire()
+            started = time.monotonic()
+            busy = 0
+
+            def downloaded() -> None:  # the next layer's download starts during this one's tail
+                nonlocal held, busy
+                limit.release()
+                held = None
+                busy = 1
+                progress.busy += 1  # the unpack of the last bytes, the fsync
+
             try:
                 if self.content.exists(layer.digest):
                     return
-                consumer = attach[0] if attach else None
-                ingest = self.content.writer(layer.digest, layer.size, consumer)
-                if consumer is not None:
-                    attach.clear()
-                    job.work.append(outcome)
-                started = time.monotonic()
+                child = await LayerProcess.start(self.zygote, attach.pop(), f"blob {layer.digest}")
+                job.work.append(outcome)
+                job.stops.append(child.stop_unpack)
                 try:
-                    await job.repo.blob(layer.digest, layer.size, ingest, self._progress_fn(layer.digest))
-                    limit.release()  # downloaded: the next layer's download starts during this one's tail
-                    held = None
-                    progress.busy += 1  # the unpack of the last bytes, the fsync
-                    try:
-                        await ingest.commit()
-                    finally:
-                        progress.busy -= 1
-                    faults.step("PullImage.layer_fetched")
+                    blob_error, unpacked = await child.outcome(self._progress_fn(layer.digest), downloaded)
                 except BaseException:
-                    ingest.discard()
-                    await ingest.wait()  # its thread has stopped and removed its file
+                    await child.terminate()  # it has removed its ingest file, unless it was killed
+                    self.content.discard_ingest(layer.digest)
                     raise
+                finally:
+                    progress.busy -= busy
+                outcome.set_result(unpacked)
+                if blob_error is not None:
+                    raise blob_error
+                faults.step("PullImage.layer_fetched")
             finally:
+                if not outcome.done():
+                    outcome.set_result(Cancelled())
                 if held is not None:
                     held.release()
                 log.debug(
@@ -387,18 +398,16 @@ class Puller:
         await self._blobs.run(layer.digest, download)
         if attach:
             return None
-        return await asyncio.shield(outcome)
+        return as_applied(await asyncio.shield(outcome))
 
     async def _from_file(self, job: _Unpack, lowers: list[str] | None) -> Applied:
-        layer = job.layer
-        path = self.content.path(layer.digest)
-
-        def unpack() -> Applied:
-            with open(path, "rb") as raw:
-                return extract(raw, layer.compression, job.target, lowers, layer.diff_id, job.cancel)
-
         async with self._unpack_slots:
-            return await job.busy(in_thread(unpack, "crid-unpack"))
+            child = await LayerProcess.start(
+                self.zygote, self._job(job, lowers, download=False), f"layer {job.layer.digest}"
+            )
+            job.stops.append(child.stop_unpack)
+            _, unpacked = await job.busy(asyncio.ensure_future(child.outcome()))
+        return as_applied(unpacked)
 
     async def _finish(self, job: _Unpack, applied: Applied | None, lowers: list[str]) -> Applied:
         """The lower layers are committed: apply what was deferred, or unpack the layer
@@ -423,12 +432,13 @@ class _Unpack:
     target: str
     limit: asyncio.Semaphore  # the pull's downloads at once
     progress: Progress
-    cancel: threading.Event = field(default_factory=threading.Event)
-    # threads writing into target: they stop before it goes
+    stops: list[Callable[[], None]] = field(default_factory=list)  # what stops the work writing into target
+    # the processes and threads writing into target: they end before it goes
     work: list[asyncio.Future[Any]] = field(default_factory=list)
 
     async def busy(self, task: asyncio.Future[T]) -> T:
-        """Wait for a thread's task that makes no byte progress (the watchdog waits too)."""
+        """Wait for a task that makes no byte progress (the watchdog waits too)."""
+        task.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.work.append(task)
         self.progress.busy += 1
         try:

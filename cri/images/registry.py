@@ -72,6 +72,18 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
 
 
+def new_session(read_timeout: float) -> aiohttp.ClientSession:
+    """The HTTP client of registry requests: no proxy from the environment, bodies as sent."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=aiohttp.TCPConnector(limit=64),
+        headers={"User-Agent": "crid"},
+        trust_env=False,
+        auto_decompress=False,
+    )
+
+
 class Repository:
     def __init__(
         self,
@@ -89,6 +101,14 @@ class Repository:
         self.credentials = credentials
         self.tokens = tokens
         self._auth: dict[str, str] = {}  # netloc -> Authorization header that worked
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization headers that worked, by host: a layer's own process starts with them."""
+        return dict(self._auth)
+
+    def trust(self, auth: dict[str, str]) -> None:
+        self._auth.update(auth)
 
     # --- HTTP plumbing ---------------------------------------------------
 

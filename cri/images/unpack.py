@@ -1,6 +1,6 @@
 """Apply one image layer (a tar stream) to an empty snapshot directory.
 
-Runs in a worker thread. The layer is decompressed (gzip through isal, zstd,
+Runs in a process of its own per layer (cri/images/layer_child.py). The layer is decompressed (gzip through isal, zstd,
 or none), its uncompressed bytes are hashed and must equal the config's
 diff_id. Each snapshot holds only its own layer's changes; overlayfs stacks
 them, so OCI whiteouts become overlay whiteouts (a 0/0 character device) and
@@ -103,6 +103,7 @@ def _clean(name: str, entry: str) -> list[str]:
 class _Applier:
     def __init__(self, target: str, lowers: list[str] | None, cancel: threading.Event | None) -> None:
         self.target = target
+        self.deferred = lowers is None
         self.view = LowerView(lowers) if lowers is not None else None  # None: deferred
         self.cancel = cancel
         # directories whose metadata is set at the end (their entries would change their mtimes):
@@ -112,6 +113,10 @@ class _Applier:
         self.implied: list[tuple[list[str], str]] = []  # (parts, entry) of dirs made while deferred
         self.bytes = 0
         self.inodes = 0
+
+    def __getstate__(self) -> dict[str, object]:
+        """What ``finish`` needs, sent from the unpack's process to the daemon (cri/images/layer_child.py)."""
+        return {**self.__dict__, "view": None, "cancel": None}
 
     def _like(self, view: LowerView, parts: list[str], entry: str) -> os.stat_result | None:
         """For a directory this layer implies: refuse it over a lower non-directory, and
@@ -385,7 +390,7 @@ class Applied:
 
     @property
     def deferred(self) -> bool:
-        return self._applier.view is None
+        return self._applier.deferred
 
     def finish(self, lowers: list[str]) -> None:
         """Deferred: apply what needs the lower layers (committed now); may raise NeedsLowers."""
