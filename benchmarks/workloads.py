@@ -13,6 +13,7 @@ image's ``sleep 3600`` and are stopped with a timeout of 0, as kubelet does
 when a pod is deleted with no grace period.
 """
 
+import contextlib
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import TypeVar
 
 import psutil
 
-from benchmarks import oci
+from benchmarks import oci, pull_floor
 from benchmarks.core import (
     NEEDS_IMAGES,
     CriTarget,
@@ -66,13 +67,33 @@ def timed(call: Callable[[], object], count: int, warmup: int = WARMUP) -> list[
     return samples
 
 
+PULL_PROCESS = "cri.images.layer_child"  # crid's pull zygote and its children: the daemon's own memory
+
+
+def pull_processes(pid: int) -> list[psutil.Process]:
+    """crid's pull processes under the daemon ``pid`` (none for containerd, which pulls in itself)."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if any(PULL_PROCESS in arg for arg in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
 def rss_samples(pid: int, count: int, interval: float = RSS_INTERVAL) -> list[float]:
+    """The daemon's RSS, with its pull processes' while they run."""
     proc = psutil.Process(pid)
     samples = []
     for i in range(count):
         if i:
             time.sleep(interval)
-        samples.append(float(proc.memory_info().rss))
+        rss = proc.memory_info().rss
+        for helper in pull_processes(pid):
+            with contextlib.suppress(psutil.Error):
+                rss += helper.memory_info().rss
+        samples.append(float(rss))
     return samples
 
 
@@ -278,7 +299,8 @@ def helper_processes(t: CriTarget) -> list[psutil.Process]:
                     found[child.pid] = child
         except psutil.Error:
             continue
-    return list(found.values())
+    pulls = {proc.pid for proc in pull_processes(t.pid)}  # counted with the daemon (rss_samples)
+    return [proc for pid, proc in found.items() if pid not in pulls]
 
 
 def helpers_memory(t: CriTarget) -> tuple[int, int]:
@@ -466,6 +488,9 @@ def _sample_lists(
     (
         Row("images", "ListImages during a cold pull of the big image"),
         Row("containers", "ListContainers during a cold pull of the big image"),
+        Row(
+            "images_floor", "floor: ListImages of the idle daemon while the machine floor's pull of the big image runs"
+        ),
     ),
     count=1,
     runs=2,
@@ -474,7 +499,8 @@ def _sample_lists(
 )
 def list_during_pull(t: CriTarget, p: Params) -> RowSamples:
     """Pull the big image (cold) while a second thread calls ListImages and ListContainers in a loop,
-    10 ms apart: a pull must not stall the runtime's reads."""
+    10 ms apart: a pull must not stall the runtime's reads. The floor: the same ListImages loop while
+    the daemon does nothing and the pull_floor pipeline (other processes) takes the machine's CPU and disk."""
     image = images_of(p).big
     out: dict[str, list[float]] = {"images": []}
     calls: dict[str, Callable[[], object]] = {
@@ -499,7 +525,21 @@ def list_during_pull(t: CriTarget, p: Params) -> RowSamples:
         if errors:
             raise errors[0]
         make_cold(t, image, snapshot_dirs(t) - before)
+    floor: dict[str, list[float]] = {"images": []}
+    for _ in range(p.count):
+        stop = threading.Event()
+        errors = []
+        sampler = threading.Thread(target=_sample_lists, args=({"images": calls["images"]}, floor, stop, errors))
+        sampler.start()
+        try:
+            pull_floor.floor_seconds(image, p.workdir)
+        finally:
+            stop.set()
+            sampler.join()
+        if errors:
+            raise errors[0]
     rows: RowSamples = dict(out)
+    rows["images_floor"] = floor["images"]
     if missing is not None:
         rows["containers"] = NotSupported(missing)
     return rows
