@@ -76,6 +76,15 @@ async def test_the_zygote_goes_when_idle_and_comes_back(
     await pull(images, registry, "v2")
     second = images.puller.zygote.pid
     assert second is not None and second != first
+    assert await gone(second)
+    await pull(images, registry, "v1")  # every layer on disk: the zygote the pull warmed has no child to wait for
+    for _ in range(500):  # warmed in the background
+        if (third := images.puller.zygote.pid) is not None:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the pull did not warm the zygote")
+    assert await gone(third), "a zygote with no child never went"
 
 
 async def test_a_killed_zygote_fails_the_pull_clearly_and_leaves_nothing(
