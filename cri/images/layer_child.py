@@ -193,9 +193,14 @@ def serve() -> None:
     os.nice(PULL_NICE)
     setup(os.environ.get(LOG_LEVEL_ENV, "info"), os.environ.get(LOG_FORMAT_ENV, "logfmt"))  # type: ignore[arg-type]
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children; EOF on their pipe is their end
+    import zstandard
+    from isal import igzip_threaded
+
     import cri.images.content
     import cri.images.registry
     import cri.images.unpack  # noqa: F401  (what every child needs, imported once)
+
+    del igzip_threaded, zstandard
 
     sock = socket.socket(fileno=int(os.environ[SOCKET_ENV]))
     sock.sendall(b"ready")

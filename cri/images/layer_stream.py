@@ -15,19 +15,21 @@ import threading
 from collections.abc import Iterator
 from typing import IO
 
-import zstandard
-from isal import igzip_lib, igzip_threaded
-
 from cri.errors import FailedPrecondition
 
 COPY_CHUNK = 1024 * 1024
-# isal's stub declares IsalError as an instance; at run time it is a class
-DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    EOFError,
-    zstandard.ZstdError,
-    igzip_lib.IsalError,  # type: ignore[assignment]
-)
+
+
+def decompress_errors() -> tuple[type[BaseException], ...]:
+    """What a broken compressed stream raises. isal and zstandard are imported here, not at the
+    module's import: only the pull's processes decompress, and they are 1.4 MiB of the daemon."""
+    import zstandard
+    from isal import igzip_lib
+
+    # isal's stub declares IsalError as an instance; at run time it is a class
+    return (OSError, EOFError, zstandard.ZstdError, igzip_lib.IsalError)  # type: ignore[return-value]
+
+
 # padding of a last member plus the two zero blocks: what a stream may lack at its end
 _END_OF_ARCHIVE = tarfile.BLOCKSIZE - 1 + 2 * tarfile.BLOCKSIZE
 
@@ -117,10 +119,14 @@ class LayerReader:
 @contextlib.contextmanager
 def decompressed(raw: IO[bytes], compression: str) -> Iterator[IO[bytes]]:
     if compression == "gzip":
+        from isal import igzip_threaded
+
         # one more thread: it inflates while this one hashes and writes the files
         with igzip_threaded.open(raw, "rb", threads=1) as f:  # type: ignore[no-untyped-call]
             yield f
     elif compression == "zstd":
+        import zstandard
+
         with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False) as f:
             yield f
     elif compression == "none":

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from cri.errors import CridError, FailedPrecondition, ResourceExhausted
-from cri.images.layer_stream import COPY_CHUNK, DECOMPRESS_ERRORS, Cancelled, LayerReader, decompressed
+from cri.images.layer_stream import COPY_CHUNK, Cancelled, LayerReader, decompress_errors, decompressed
 from cri.images.lowers import OPAQUE_XATTR, LowerView
 from cri.log import fields
 
@@ -421,7 +421,7 @@ def extract(
                 reader.drain()
             except tarfile.TarError as exc:
                 raise FailedPrecondition(f"layer {diff_id}: not a valid tar stream: {exc}") from None
-            except DECOMPRESS_ERRORS as exc:
+            except decompress_errors() as exc:
                 if isinstance(exc, OSError) and exc.filename:
                     raise
                 raise FailedPrecondition(f"layer {diff_id}: cannot decompress: {exc}") from None
