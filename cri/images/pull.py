@@ -176,7 +176,8 @@ class Puller:
             await asyncio.to_thread(importlib.import_module, REGISTRY_CLIENT)
         from cri.images.registry import Repository
 
-        self.zygote.warm()  # its processes do the layers' work
+        if (ref.tagged_name if not ref.digest else str(ref)) not in self.meta.names:
+            self.zygote.warm()  # a new image: its layers' processes start while it resolves
         hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)
         repo = Repository(self._http(), hosts, ref.domain, ref.path, credentials, self.tokens)
         got = await resolve(repo, ref, self.content, progress)

@@ -77,7 +77,10 @@ async def test_the_zygote_goes_when_idle_and_comes_back(
     second = images.puller.zygote.pid
     assert second is not None and second != first
     assert await gone(second)
-    await pull(images, registry, "v1")  # every layer on disk: the zygote the pull warmed has no child to wait for
+    await pull(images, registry, "v1")  # known, every layer on disk: no zygote
+    assert images.puller.zygote.pid is None
+    registry.add("v3", ob.Image([ob.Layer([ob.File("one", b"1")], "gzip")]))
+    await pull(images, registry, "v3")  # a new name for the same layers: warmed, and it has no child to wait for
     for _ in range(500):  # warmed in the background
         if (third := images.puller.zygote.pid) is not None:
             break
