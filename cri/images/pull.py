@@ -7,14 +7,15 @@ verifies and unpacks each layer once into a snapshot keyed by its chain id;
 only then is the image recorded. Blob downloads and unpacks are shared
 between concurrent pulls.
 
-Each layer takes one pass over its bytes, as they arrive: the download runs
-on the event loop and only hands the bytes to a child process of the layer's
-own (content.Ingest, cri/images/layer_child.py), which writes them to the
-ingest file, hashes them (the digest check), decompresses them and unpacks
-the tar into the layer's tmp snapshot dir (unpack.extract, hashing the
-diff_id). Nothing is written and read back; the daemon's GIL and heap carry
-none of it. A broken download resumes with Range and the pass goes on where
-it was; a server that ignores Range sends the start again, which is skipped.
+Each layer takes one pass over its bytes, as they arrive, in a process of
+its own (cri/images/layer_child.py, forked by layer_process.Zygote): it
+downloads the blob, writes it to the ingest file and hashes it (the digest
+check, content.Ingest), decompresses it and unpacks the tar into the layer's
+tmp snapshot dir (unpack.extract, hashing the diff_id), and reports its
+progress and outcome to the daemon. Nothing is written and read back; the
+daemon's event loop, GIL and heap carry none of it. A broken download
+resumes with Range and the pass goes on where it was; a server that
+ignores Range sends the start again, which is skipped.
 The blob is committed to the content store only if size and digest match,
 the snapshot only if the diff_id does too, and a digest mismatch is what is
 reported even when the broken bytes broke the unpack first.
