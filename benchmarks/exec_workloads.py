@@ -3,15 +3,18 @@ over the streaming server, SPDY as kubelet and crictl speak it) cost.
 
 Both run ``true`` in one running busybox container; the streaming sample is
 the whole round trip a client sees: the Exec RPC, the HTTP upgrade, the
-streams, and the exit status on the error stream.
+streams, and the exit status on the error stream. Their floor: ``runc exec``
+of ``true`` into a running busybox container, with no CRI daemon.
 """
 
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable
 
-from benchmarks.core import CriTarget, Params, cri_workload
+from benchmarks import oci
+from benchmarks.core import CriTarget, NotSupported, OciTarget, Params, cri_workload, oci_workload
 from benchmarks.workloads import CONTAINER_RPCS, WARMUP, create_container, ensure_busybox, pod, start_container
 from cri.api.v1 import api_pb2 as pb
 from cri.streaming import spdy_client
@@ -63,3 +66,15 @@ def exec_sync(t: CriTarget, p: Params) -> list[float]:
 def exec_stream(t: CriTarget, p: Params) -> list[float]:
     """Exec ``true`` through the streaming server over SPDY, as ``kubectl exec`` through kubelet."""
     return _in_container(t, p, lambda t, cid: asyncio.run(_exec_stream(t, cid)))
+
+
+@oci_workload("floor_exec", "floor: `{target} exec` of true in a running busybox container", count=50, runs=3)
+def floor_exec(t: OciTarget, p: Params) -> list[float]:
+    """What an exec probe costs the OCI runtime itself: one ``exec`` command, no daemon, no monitor."""
+    bundle = oci.make_bundle(p.workdir / "sleeper", ("/bin/busybox", "sleep", "3600"))
+    try:
+        return oci.exec_samples(t.binary, t.root, bundle, f"floor-exec-{p.round}-{uuid.uuid4().hex[:8]}", p.count)
+    except RuntimeError as exc:
+        if p.round == 0:  # it never ran here: crun 1.8 on hybrid cgroups
+            raise NotSupported(str(exc)) from exc
+        raise

@@ -77,6 +77,28 @@ def create_start_once(binary: str, root: Path, bundle: Path, cid: str, timeout: 
         subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=timeout)
 
 
+def exec_samples(binary: str, root: Path, bundle: Path, cid: str, count: int, timeout: float = 30.0) -> list[float]:
+    """``exec CID /bin/true`` ``count`` times into a container of ``bundle`` (its process must
+    keep running), as a CRI runtime runs an exec probe; the seconds of each. The container is
+    created, started and deleted around them, untimed."""
+    base = [binary, "--root", str(root)]
+    null = subprocess.DEVNULL
+    try:
+        for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
+            subprocess.run([*base, *args], stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=timeout, check=True)
+        samples = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            subprocess.run([*base, "exec", cid, "/bin/true"], stdin=null, stdout=null, timeout=timeout, check=True)
+            samples.append(time.perf_counter() - t0)
+        return samples
+    except subprocess.CalledProcessError as exc:
+        message = (exc.stderr or b"").decode(errors="replace").strip() or f"exit code {exc.returncode}"
+        raise RuntimeError(f"{os.path.basename(binary)} {exc.cmd[3]} failed: {message}") from None
+    finally:
+        subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=timeout)
+
+
 def version(binary: str) -> str:
     """The first line of ``BINARY --version``, or why there is none."""
     try:

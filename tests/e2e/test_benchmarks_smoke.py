@@ -73,6 +73,7 @@ def test_every_workload_once(workdir: Path) -> None:
         "image_pull_big.seconds",
         "image_pull_small.mbps",
         "list_during_pull.images",
+        "list_during_pull.images_floor",
         "pod_lifecycle.run",
         "pod_lifecycle.stop",
         "pod_lifecycle.remove",
@@ -93,6 +94,7 @@ def test_every_workload_once(workdir: Path) -> None:
         assert all(o.status == "ok" for o in by_name[name].outcomes.values()), (name, by_name[name].outcomes)
     assert by_name["floor_run"].outcomes["runc"].status == "ok"
     assert by_name["floor_create_start"].outcomes["runc"].status == "ok"
+    assert by_name["floor_exec"].outcomes["runc"].status == "ok"
     floors = [r for r in results.workloads if r.workload.parent == "pull_floor"]
     assert len(floors) == 8 and all(r.outcomes["machine"].status == "ok" for r in floors)
     containerd_only = ("list_containers_0", "list_during_pull.containers", *CONTAINER_WORKLOADS)
