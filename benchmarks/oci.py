@@ -80,21 +80,24 @@ def create_start_once(binary: str, root: Path, bundle: Path, cid: str, timeout: 
 def exec_samples(binary: str, root: Path, bundle: Path, cid: str, count: int, timeout: float = 30.0) -> list[float]:
     """``exec CID /bin/true`` ``count`` times into a container of ``bundle`` (its process must
     keep running), as a CRI runtime runs an exec probe; the seconds of each. The container is
-    created, started and deleted around them, untimed."""
+    created, started and deleted around them, untimed; its stdio is /dev/null and a file, as
+    in ``create_start_once``."""
     base = [binary, "--root", str(root)]
     null = subprocess.DEVNULL
     try:
-        for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
-            subprocess.run([*base, *args], stdin=null, stdout=null, stderr=subprocess.PIPE, timeout=timeout, check=True)
+        with tempfile.TemporaryFile() as err:
+            for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
+                done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
+                if done.returncode != 0:
+                    err.seek(0)
+                    message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
+                    raise RuntimeError(f"{os.path.basename(binary)} {args[0]} failed: {message}")
         samples = []
         for _ in range(count):
             t0 = time.perf_counter()
             subprocess.run([*base, "exec", cid, "/bin/true"], stdin=null, stdout=null, timeout=timeout, check=True)
             samples.append(time.perf_counter() - t0)
         return samples
-    except subprocess.CalledProcessError as exc:
-        message = (exc.stderr or b"").decode(errors="replace").strip() or f"exit code {exc.returncode}"
-        raise RuntimeError(f"{os.path.basename(binary)} {exc.cmd[3]} failed: {message}") from None
     finally:
         subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=timeout)
 
