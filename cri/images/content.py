@@ -33,6 +33,7 @@ WRITEBACK_BYTES = 8 * 1024 * 1024
 
 class ContentStore:
     def __init__(self, root: str) -> None:
+        self.store_root = root  # what ContentStore takes (a pull's processes open the same store)
         self.root = os.path.join(root, "content")
         self.blobs = os.path.join(self.root, "blobs", "sha256")
         self.ingest_dir = os.path.join(self.root, "ingest")

@@ -130,7 +130,10 @@ class _Child:
         assert dl is not None
         unpacked: list[Any] = []
         consumer = (lambda raw: unpacked.append(self.unpack(raw))) if job.unpack is not None else None
-        ingest = ContentStore(job.store).writer(job.digest, job.size, consumer)
+        try:
+            ingest = ContentStore(job.store).writer(job.digest, job.size, consumer)
+        except Exception as exc:  # no ingest file (the disk is full, say): that is the blob's verdict
+            return exc, None
         try:
             async with new_session(dl.read_timeout) as session:
                 repo = Repository(session, dl.hosts, dl.registry, dl.path, dl.credentials, TokenCache())
@@ -150,7 +153,11 @@ class _Child:
     def from_file(self) -> Outcome:
         from cri.images.content import ContentStore
 
-        with open(ContentStore(self.job.store).path(self.job.digest), "rb") as raw:
+        try:
+            raw = open(ContentStore(self.job.store).path(self.job.digest), "rb")  # noqa: SIM115
+        except OSError as exc:  # the unpack's outcome, as extract's caller would have seen it
+            return None, exc
+        with raw:
             return None, self.unpack(raw)
 
     def run(self) -> Outcome | None:

@@ -348,7 +348,7 @@ class Puller:
             timeout = self.config.images.pull_progress_timeout_seconds
             fetch = Download(repo.registry, repo.path, repo.hosts, repo.credentials, repo.auth, timeout)
         unpack = Unpack(job.target, lowers, layer.diff_id)
-        return Job(os.path.dirname(self.content.root), layer.digest, layer.size, layer.compression, fetch, unpack)
+        return Job(self.content.store_root, layer.digest, layer.size, layer.compression, fetch, unpack)
 
     async def _stream(self, job: _Unpack, lowers: list[str] | None) -> Applied | None:
         """Download the blob into the content store, unpacking it in the same pass; None when
