@@ -74,10 +74,19 @@ class Zygote:
         finally:
             theirs.close()
         ours.setblocking(False)
-        if await asyncio.get_running_loop().sock_recv(ours, 16) != b"ready":
+        proc = self._proc
+        try:
+            ready = await asyncio.get_running_loop().sock_recv(ours, 16)
+        except BaseException:  # cancelled (the daemon stops) while it imports
             ours.close()
-            await self._proc.wait()
-            raise Unavailable(f"the pull's process server exited at its start (status {self._proc.returncode})")
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if ready != b"ready":
+            ours.close()
+            await proc.wait()
+            raise Unavailable(f"the pull's process server exited at its start (status {proc.returncode})")
         self._sock = ours
         self._arm_idle()  # a pull that warmed it may find every layer on disk already
         log.debug("layer zygote started", extra=fields(pid=self._proc.pid))
@@ -148,13 +157,17 @@ class Zygote:
                 await self.stop()
 
     async def stop(self) -> None:
-        """Close the daemon's end: the zygote exits, and any child still running dies with it."""
+        """Close the daemon's end: the zygote exits, and any child still running dies with it. A
+        zygote still starting (warmed for a pull that has failed since, say) is killed."""
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+        elif self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
         if self._proc is not None:
             await self._proc.wait()
 

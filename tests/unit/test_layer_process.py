@@ -113,3 +113,17 @@ async def test_a_killed_zygote_fails_the_pull_clearly_and_leaves_nothing(
     registry.slow = 0
     image_id = await pull(images, registry)  # a new zygote
     assert images.meta.images[image_id]
+
+
+async def test_stopping_a_zygote_that_is_still_starting_ends_it() -> None:
+    """A pull warms the zygote, then fails at once (no such image); the daemon stops meanwhile."""
+    zygote = layer_process.Zygote("info", "logfmt")
+    zygote.warm()
+    for _ in range(500):
+        if zygote.pid is not None:  # started, still importing: it has not said ready
+            break
+        await asyncio.sleep(0.001)
+    pid = zygote.pid
+    assert pid is not None
+    await asyncio.wait_for(zygote.stop(), 10)
+    assert await gone(pid)
