@@ -3,7 +3,9 @@
 once, no wrapper, no logging, no metrics, no crid code. Its rows put that
 server in crid's column and containerd in its own, so the ratio says how much
 of crid's figure is grpc.aio itself: the Version round trip, ListContainers
-with the bytes of crid's own 100-container reply, and the idle RSS.
+with the bytes of crid's own 100-container reply, and the idle RSS, of the bare server and of
+the same server with the libraries crid is built on imported (the floor of a daemon made of
+those parts).
 """
 
 import subprocess
@@ -24,14 +26,16 @@ START_TIMEOUT = 20.0
 
 
 @contextmanager
-def _floor_server(workdir: Path, list_reply: bytes = b"") -> Iterator[tuple[CriClient, int]]:
+def _floor_server(workdir: Path, list_reply: bytes = b"", libraries: bool = False) -> Iterator[tuple[CriClient, int]]:
     """The bare server started and answering; (a client of it, its pid)."""
     socket = str(workdir / "floor.sock")
     Path(socket).unlink(missing_ok=True)  # an earlier round's
     reply_file = workdir / "floor-list-reply.bin"
     reply_file.write_bytes(list_reply)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.grpc_floor_server", socket, str(reply_file)], stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "benchmarks.grpc_floor_server", socket, str(reply_file)]
+        + (["--libraries"] if libraries else []),
+        stdin=subprocess.DEVNULL,
     )
     try:
         with CriClient(socket) as client:
@@ -89,6 +93,22 @@ def list_containers_100_floor(t: CriTarget, p: Params) -> list[float]:
 def rss_idle_floor(t: CriTarget, p: Params) -> list[float]:
     if t.name != "crid":
         return rss_samples(t.pid, p.count)
-    with _floor_server(p.workdir) as (client, pid):
+    return _floor_rss(p, libraries=False)
+
+
+@cri_workload(
+    "rss_idle_libraries_floor",
+    "daemon RSS, idle: the bare grpc.aio server with crid's libraries imported in crid's column (the floor)",
+    unit="bytes",
+    count=10,
+)
+def rss_idle_libraries_floor(t: CriTarget, p: Params) -> list[float]:
+    if t.name != "crid":
+        return rss_samples(t.pid, p.count)
+    return _floor_rss(p, libraries=True)
+
+
+def _floor_rss(p: Params, libraries: bool) -> list[float]:
+    with _floor_server(p.workdir, libraries=libraries) as (client, pid):
         client.runtime.Version(pb.VersionRequest(), timeout=10)  # it has served a call, as crid has
         return rss_samples(pid, p.count)

@@ -3,10 +3,16 @@ process loads what a Python CRI server cannot do without and nothing else: async
 the CRI's generated messages (no benchmark code, no crid code). It answers Version with bytes
 serialized once, and ListContainers with the bytes of LIST_REPLY_FILE (a reply crid gave).
 
-``python -m benchmarks.grpc_floor_server SOCKET [LIST_REPLY_FILE]`` serves until SIGTERM.
+With ``--libraries`` it also imports the libraries crid's daemon is built on and imports at its
+start (pydantic for its configuration, prometheus_client for its metrics, sqlite3 for its
+image metadata, h11 and wsproto for its streaming server), and does nothing with them: the
+idle RSS floor of a daemon made of these parts, before any code of its own.
+
+``python -m benchmarks.grpc_floor_server SOCKET [LIST_REPLY_FILE [--libraries]]`` serves until SIGTERM.
 """
 
 import asyncio
+import importlib
 import sys
 from pathlib import Path
 
@@ -37,5 +43,11 @@ async def serve(socket: str, list_reply: bytes = b"") -> None:
     await server.wait_for_termination()
 
 
+LIBRARIES = ("pydantic", "prometheus_client", "sqlite3", "h11", "wsproto")
+
+
 if __name__ == "__main__":
+    if "--libraries" in sys.argv[3:]:
+        for name in LIBRARIES:
+            importlib.import_module(name)
     asyncio.run(serve(sys.argv[1], Path(sys.argv[2]).read_bytes() if len(sys.argv) > 2 else b""))

@@ -14,6 +14,7 @@ FLOORS = (
     ("stream", "floor: download+inflate+hash"),
     ("untar", "floor: tar -x"),
     ("floor", "floor: all at once"),
+    ("stored", "floor: all at once + blobs fsync'ed"),
 )
 COLORS = {"crid": "tab:blue", "containerd": "tab:orange"}  # the floors gray
 IMAGES = (("big", "big image (300 MB, 3 layers)"), ("small", "small-files image (20,000 files)"))

@@ -173,14 +173,16 @@ def to_json(results: "Results") -> dict[str, Any]:
         "options": results.options,
         "workloads": workloads,
         "pull_floor_ratios": pull_floor_ratios(workloads),
+        "pull_stored_floor_ratios": pull_floor_ratios(workloads, "stored"),
     }
 
 
-def pull_floor_ratios(workloads: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per image and runtime: the cold pull's p50 seconds / the machine's floor p50 (benchmarks/pull_floor.py)."""
+def pull_floor_ratios(workloads: dict[str, Any], floor_key: str = "floor") -> dict[str, dict[str, float]]:
+    """Per image and runtime: the cold pull's p50 seconds / the p50 of one of the machine's floors
+    (benchmarks/pull_floor.py): the floor itself, or the stored floor."""
     out: dict[str, dict[str, float]] = {}
     for image in ("big", "small"):
-        floor = workloads.get(f"pull_floor.{image}.floor", {}).get("results", {}).get("machine", {})
+        floor = workloads.get(f"pull_floor.{image}.{floor_key}", {}).get("results", {}).get("machine", {})
         pulls = workloads.get(f"image_pull_{image}.seconds", {}).get("results", {})
         for runtime, res in pulls.items():
             if floor.get("status") == "ok" and res.get("status") == "ok" and floor["p50"]:
@@ -264,10 +266,13 @@ def to_markdown(results: "Results") -> str:
             *floor_rows,
         ]
     if machine_rows:
-        ratios = [
-            f"{image}: " + ", ".join(f"{runtime} {v:.2f}" for runtime, v in by_runtime.items())
-            for image, by_runtime in data["pull_floor_ratios"].items()
-        ]
+        ratios, stored = (
+            [
+                f"{image}: " + ", ".join(f"{runtime} {v:.2f}" for runtime, v in by_runtime.items())
+                for image, by_runtime in data[key].items()
+            ]
+            for key in ("pull_floor_ratios", "pull_stored_floor_ratios")
+        )
         lines += [
             "",
             "Floor of a cold pull: the machine alone, no runtime (benchmarks/pull_floor.py):",
@@ -277,6 +282,7 @@ def to_markdown(results: "Results") -> str:
             *machine_rows,
             "",
             "Cold pull seconds / floor (p50s): " + ("; ".join(ratios) or "no cold pull measured") + ".",
+            "Cold pull seconds / stored floor (p50s): " + ("; ".join(stored) or "no cold pull measured") + ".",
         ]
 
     from benchmarks import scaling  # it builds on this module

@@ -84,6 +84,7 @@ def test_every_workload_once(workdir: Path) -> None:
         "version_floor",
         "list_containers_100_floor",
         "rss_idle_floor",
+        "rss_idle_libraries_floor",
         "node.run_110",
         "node.list_containers_110",
         "node.exec_110",
@@ -95,8 +96,11 @@ def test_every_workload_once(workdir: Path) -> None:
     assert by_name["floor_run"].outcomes["runc"].status == "ok"
     assert by_name["floor_create_start"].outcomes["runc"].status == "ok"
     assert by_name["floor_exec"].outcomes["runc"].status == "ok"
+    # the floor server with crid's libraries imported is the bare one and those libraries
+    bare, with_libraries = (by_name[n].outcomes["crid"].samples for n in ("rss_idle_floor", "rss_idle_libraries_floor"))
+    assert min(with_libraries) > max(bare) + 2 * 1024 * 1024
     floors = [r for r in results.workloads if r.workload.parent == "pull_floor"]
-    assert len(floors) == 8 and all(r.outcomes["machine"].status == "ok" for r in floors)
+    assert len(floors) == 10 and all(r.outcomes["machine"].status == "ok" for r in floors)
     containerd_only = ("list_containers_0", "list_during_pull.containers", *CONTAINER_WORKLOADS)
     for name in containerd_only:  # crid: as soon as it has containers
         assert by_name[name].outcomes["containerd"].status == "ok", name
@@ -121,6 +125,8 @@ def test_every_workload_once(workdir: Path) -> None:
     assert "| RunPodSandbox, 10 at a time |" in markdown and "/bench/big:1" in markdown
     assert set(data["pull_floor_ratios"]) == {"big", "small"} and data["pull_floor_ratios"]["big"]["crid"] > 0
     assert "Cold pull seconds / floor (p50s): big: crid " in markdown
+    assert data["pull_stored_floor_ratios"]["big"]["crid"] > 0  # the floor with the content store's fsync'ed copy
+    assert "Cold pull seconds / stored floor (p50s): big: crid " in markdown
     assert results.files["plot"].read_bytes().startswith(b"\x89PNG")
     assert results.files["scaling"].read_bytes().startswith(b"\x89PNG")  # latency against the pod count
     assert "| ListContainers | 1: " in markdown
