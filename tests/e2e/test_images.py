@@ -309,6 +309,25 @@ def test_tls_with_ca_from_hosts_toml(e2e_base: Path, daemons: Daemons) -> None:
         assert pull(d, ref) == img.image_id
 
 
+def test_client_certificates_and_skip_verify(e2e_base: Path, daemons: Daemons) -> None:
+    """A registry that asks for a client certificate: hosts.toml's ``client``, and ``skip_verify``."""
+    with Registry(Path(tempfile.mkdtemp(prefix="mtls", dir=e2e_base)), client_auth=True) as reg:
+        assert reg.ca is not None and reg.client_cert is not None
+        img = ob.busybox_image("gzip", extra_files={"mtls": b"x"})
+        reg.push("e2e/mtls", "v1", img)
+        d = daemons.start()
+        ref = f"{reg.host}/e2e/mtls:v1"
+        write_hosts(d, reg.host, f'server = "{reg.url}"\nca = "{reg.ca.cert}"\n')  # trusted, but no certificate
+        err = rpc_error(pull, d, ref)
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+        write_hosts(d, reg.host, reg.hosts_toml())
+        assert pull(d, ref) == img.image_id  # the layers too: the pull's processes present the certificate
+        d.client.image.RemoveImage(pb.RemoveImageRequest(image=spec(ref)))
+        cert, key = reg.client_cert.cert, reg.client_cert.key
+        write_hosts(d, reg.host, f'server = "{reg.url}"\nskip_verify = true\nclient = [["{cert}", "{key}"]]\n')
+        assert pull(d, ref) == img.image_id  # no CA: the server's certificate is not checked
+
+
 def test_basic_auth(e2e_base: Path, daemons: Daemons) -> None:
     with Registry(Path(tempfile.mkdtemp(prefix="basic", dir=e2e_base)), auth="basic") as reg:
         img = ob.busybox_image("gzip", extra_files={"basic": b"x"})

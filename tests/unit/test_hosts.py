@@ -89,3 +89,48 @@ def test_bad_files(tmp_path: Path, text: str, reason: str) -> None:
     _write(tmp_path, "r.example", text)
     with pytest.raises(FailedPrecondition, match=reason):
         load_hosts(str(tmp_path), "r.example")
+
+
+def test_tls_contexts_are_shared_and_follow_their_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts are read for every pull; the system's CAs (50 ms, 2 MiB) are not loaded for each."""
+    import ssl
+
+    from cri.images import hosts as hostsmod
+    from tests.support.certs import make_ca, make_client_cert
+
+    ca = make_ca(tmp_path / "ca")
+    client = make_client_cert(tmp_path / "client", ca)
+    made: list[ssl.SSLContext] = []
+    real = ssl.create_default_context
+
+    def counted() -> ssl.SSLContext:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(hostsmod.ssl, "create_default_context", counted)
+    hostsmod._tls_context.cache_clear()
+
+    def host(**tls: object) -> hostsmod.RegistryHost:
+        return hostsmod.RegistryHost("https", "r.example", **tls)  # type: ignore[arg-type]
+
+    assert hostsmod.RegistryHost("http", "r.example").ssl_context() is None
+    assert host().ssl_context() is True  # aiohttp's own verified context: the system's CAs
+    assert made == []
+    with_ca = host(ca=(str(ca.cert),)).ssl_context()
+    assert isinstance(with_ca, ssl.SSLContext) and with_ca.verify_mode == ssl.CERT_REQUIRED
+    assert host(ca=(str(ca.cert),)).ssl_context() is with_ca and len(made) == 1  # the next pull's hosts
+    mtls = host(ca=(str(ca.cert),), client=((str(client.cert), str(client.key)),)).ssl_context()
+    assert mtls is not with_ca and len(made) == 2
+    insecure = host(skip_verify=True).ssl_context()
+    assert isinstance(insecure, ssl.SSLContext) and insecure.verify_mode == ssl.CERT_NONE
+    assert not insecure.check_hostname
+
+    # a CA file rotated in place is loaded again
+    other = make_ca(tmp_path / "other", cn="another CA")
+    ca.cert.write_bytes(other.cert.read_bytes() + b"\n")
+    rotated = host(ca=(str(ca.cert),)).ssl_context()
+    assert rotated is not with_ca and len(made) == 4
+    # a missing file is an error each time, not a cached context
+    for _ in range(2):
+        with pytest.raises(OSError):
+            host(ca=(str(tmp_path / "missing.pem"),)).ssl_context()
