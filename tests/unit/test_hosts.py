@@ -107,7 +107,7 @@ def test_tls_contexts_are_shared_and_follow_their_files(tmp_path: Path, monkeypa
         made.append(real())
         return made[-1]
 
-    monkeypatch.setattr(hostsmod.ssl, "create_default_context", counted)
+    monkeypatch.setattr(ssl, "create_default_context", counted)
     hostsmod._tls_context.cache_clear()
 
     def host(**tls: object) -> hostsmod.RegistryHost:
