@@ -5,7 +5,12 @@ At 1, 20, 55 and 110 running pods: RunPodSandbox, CreateContainer +
 StartContainer and StopPodSandbox of a probe pod added to them, and
 ListPodSandbox, ListContainers, ListContainerStats, PodSandboxStatus and
 ExecSync against them. A good runtime stays flat from 1 to 110 pods
-(report.py plots latency against the pod count). At 110 pods: the daemon's
+(report.py plots latency against the pod count). So that a runtime is not
+charged with what the machine itself loses as pods are added (every new
+mount namespace copies the host's mount table, which each pod lengthens),
+the floors are measured at each count too, beside the runtime's pods:
+``runc create`` + ``runc start`` of the floor's busybox bundle, and ``runc
+exec`` of true into a running container of it. At 110 pods: the daemon's
 RSS and CPU while idle, its CPU under kubelet's 1 s poll of ListPodSandbox +
 ListContainers + ListContainerStats, and a restart: the time from starting
 the daemon again to Version answering and to both lists being complete.
@@ -15,12 +20,15 @@ A smoke run (tiny counts) stops at 1 to 4 pods and shortens the CPU windows.
 
 import random
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import psutil
 
+from benchmarks import oci
+from benchmarks.containerd import delete_oci_containers
 from benchmarks.core import CriTarget, Params, Row, RowSamples, cri_rows_workload
 from benchmarks.workloads import (
     CONTAINER_RPCS,
@@ -56,6 +64,8 @@ OPS = (
     ("list_stats", "ListContainerStats"),
     ("pod_status", "PodSandboxStatus"),
     ("exec", "ExecSync of true"),
+    ("floor_create_start", "floor: `runc create` + `runc start` beside the pods"),
+    ("floor_exec", "floor: `runc exec` of true beside the pods"),
 )
 FULL = LEVELS[-1]
 ROWS = (
@@ -93,6 +103,28 @@ def _probe(t: CriTarget, p: Params, busybox: str, name: str, out: RowSamples, n:
         delete_pod(t, pod_id)
     for op, seconds in (("run", t1 - t0), ("create_start", t2 - t1), ("stop", t3 - t2)):
         _append(out, f"{op}_{n}", seconds)
+
+
+class _Floor:
+    """The OCI runtime alone beside the pods: its bundles and root in the workload's dir."""
+
+    def __init__(self, p: Params) -> None:
+        self.root = p.workdir / "floor-root"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.bundle = oci.make_bundle(p.workdir / "floor-true")
+        self.sleeper = oci.make_bundle(p.workdir / "floor-sleeper", ("/bin/busybox", "sleep", "3600"))
+        self.p = p
+
+    def measure(self, out: RowSamples, n: int, probes: int) -> None:
+        tag = f"{self.p.round}-{n}-{uuid.uuid4().hex[:8]}"
+        for i in range(probes):
+            _append(
+                out, f"floor_create_start_{n}", oci.create_start_once(oci.RUNC, self.root, self.bundle, f"cs-{tag}-{i}")
+            )
+        out[f"floor_exec_{n}"] = oci.exec_samples(oci.RUNC, self.root, self.sleeper, f"exec-{tag}", self.p.count)
+
+    def clean(self) -> None:
+        delete_oci_containers(oci.RUNC, self.root)  # what an interrupted measurement left
 
 
 def _append(out: RowSamples, key: str, value: float) -> None:
@@ -227,6 +259,7 @@ def node(t: CriTarget, p: Params) -> RowSamples:
     probes = max(1, p.count // 4)
     running: list[tuple[str, str]] = []
     out: RowSamples = {}
+    floor = _Floor(p)
     try:
         with ThreadPoolExecutor(PARALLEL, thread_name_prefix="bench-node") as pool:
             for level, n in zip(LEVELS, levels, strict=True):
@@ -235,6 +268,7 @@ def node(t: CriTarget, p: Params) -> RowSamples:
                 for i in range(probes):
                     _probe(t, p, busybox, f"probe-{n}-{i}", out, n)
                 _reads(t, p, running, out, real)
+                floor.measure(out, n, probes)
                 if level != n:  # smoke: the rows keep their names
                     for op, _ in OPS:
                         out[f"{op}_{level}"] = out.pop(f"{op}_{n}")
@@ -248,5 +282,6 @@ def node(t: CriTarget, p: Params) -> RowSamples:
         out.update(_restart(t, full))
         return out
     finally:
+        floor.clean()
         with ThreadPoolExecutor(PARALLEL, thread_name_prefix="bench-node") as pool:
             list(pool.map(lambda pc: remove_pod(t, pc[0]), running))

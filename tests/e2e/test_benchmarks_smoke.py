@@ -88,6 +88,8 @@ def test_every_workload_once(workdir: Path) -> None:
         "node.run_110",
         "node.list_containers_110",
         "node.exec_110",
+        "node.floor_create_start_110",
+        "node.floor_exec_110",
         "node.cpu_poll",
         "node.restart_lists",
     )
