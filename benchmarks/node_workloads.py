@@ -9,8 +9,9 @@ ExecSync against them. A good runtime stays flat from 1 to 110 pods
 charged with what the machine itself loses as pods are added (every new
 mount namespace copies the host's mount table, which each pod lengthens),
 the floors are measured at each count too, beside the runtime's pods:
-``runc create`` + ``runc start`` of the floor's busybox bundle, and ``runc
-exec`` of true into a running container of it. At 110 pods: the daemon's
+``runc create`` + ``runc start`` of the floor's busybox bundle, ``runc
+exec`` of true into a running container of it, and a pod's network made and
+removed by hand (benchmarks/pod_network_floor.py). At 110 pods: the daemon's
 RSS and CPU while idle, its CPU under kubelet's 1 s poll of ListPodSandbox +
 ListContainers + ListContainerStats, and a restart: the time from starting
 the daemon again to Version answering and to both lists being complete.
@@ -30,6 +31,7 @@ import psutil
 from benchmarks import oci
 from benchmarks.containerd import delete_oci_containers
 from benchmarks.core import CriTarget, Params, Row, RowSamples, cri_rows_workload
+from benchmarks.pod_network_floor import NetworkFloor
 from benchmarks.workloads import (
     CONTAINER_RPCS,
     PARALLEL,
@@ -66,6 +68,8 @@ OPS = (
     ("exec", "ExecSync of true"),
     ("floor_create_start", "floor: `runc create` + `runc start` beside the pods"),
     ("floor_exec", "floor: `runc exec` of true beside the pods"),
+    ("floor_network_add", "floor: `ip netns add` + CNI ADD (loopback, bridge, portmap) beside the pods"),
+    ("floor_network_del", "floor: CNI DEL + `ip netns delete` beside the pods"),
 )
 FULL = LEVELS[-1]
 ROWS = (
@@ -114,6 +118,7 @@ class _Floor:
         self.bundle = oci.make_bundle(p.workdir / "floor-true")
         self.sleeper = oci.make_bundle(p.workdir / "floor-sleeper", ("/bin/busybox", "sleep", "3600"))
         self.p = p
+        self.network = NetworkFloor(p.workdir)
 
     def measure(self, out: RowSamples, n: int, probes: int) -> None:
         tag = f"{self.p.round}-{n}-{uuid.uuid4().hex[:8]}"
@@ -121,10 +126,14 @@ class _Floor:
             _append(
                 out, f"floor_create_start_{n}", oci.create_start_once(oci.RUNC, self.root, self.bundle, f"cs-{tag}-{i}")
             )
+            netns = f"flr-{tag}-{i}"
+            _append(out, f"floor_network_add_{n}", self.network.add(netns))
+            _append(out, f"floor_network_del_{n}", self.network.delete(netns))
         out[f"floor_exec_{n}"] = oci.exec_samples(oci.RUNC, self.root, self.sleeper, f"exec-{tag}", self.p.count)
 
     def clean(self) -> None:
         delete_oci_containers(oci.RUNC, self.root)  # what an interrupted measurement left
+        self.network.clean()
 
 
 def _append(out: RowSamples, key: str, value: float) -> None:

@@ -90,6 +90,8 @@ def test_every_workload_once(workdir: Path) -> None:
         "node.exec_110",
         "node.floor_create_start_110",
         "node.floor_exec_110",
+        "node.floor_network_add_110",
+        "node.floor_network_del_110",
         "node.cpu_poll",
         "node.restart_lists",
     )
