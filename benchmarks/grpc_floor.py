@@ -26,7 +26,7 @@ START_TIMEOUT = 20.0
 
 
 @contextmanager
-def _floor_server(workdir: Path, list_reply: bytes = b"", libraries: bool = False) -> Iterator[tuple[CriClient, int]]:
+def floor_server(workdir: Path, list_reply: bytes = b"", libraries: bool = False) -> Iterator[tuple[CriClient, int]]:
     """The bare server started and answering; (a client of it, its pid)."""
     socket = str(workdir / "floor.sock")
     Path(socket).unlink(missing_ok=True)  # an earlier round's
@@ -55,7 +55,7 @@ def _floor_server(workdir: Path, list_reply: bytes = b"", libraries: bool = Fals
 
 def _floor_samples(workdir: Path, count: int, list_reply: bytes = b"") -> list[float]:
     """Version (or, given ``list_reply``, ListContainers) against the bare server, ``count`` times."""
-    with _floor_server(workdir, list_reply) as (client, _):
+    with floor_server(workdir, list_reply) as (client, _):
         if list_reply:
             listing = pb.ListContainersRequest()
             return timed(lambda: client.runtime.ListContainers(listing), count)
@@ -109,6 +109,6 @@ def rss_idle_libraries_floor(t: CriTarget, p: Params) -> list[float]:
 
 
 def _floor_rss(p: Params, libraries: bool) -> list[float]:
-    with _floor_server(p.workdir, libraries=libraries) as (client, pid):
+    with floor_server(p.workdir, libraries=libraries) as (client, pid):
         client.runtime.Version(pb.VersionRequest(), timeout=10)  # it has served a call, as crid has
         return rss_samples(pid, p.count)

@@ -1,7 +1,8 @@
 """The bare grpc.aio server of benchmarks/grpc_floor.py, in a module of its own so that its
 process loads what a Python CRI server cannot do without and nothing else: asyncio, grpc and
 the CRI's generated messages (no benchmark code, no crid code). It answers Version with bytes
-serialized once, and ListContainers with the bytes of LIST_REPLY_FILE (a reply crid gave).
+serialized once, and ListContainers and ListPodSandbox with the bytes of LIST_REPLY_FILE (a reply a
+runtime gave to the call the client makes).
 
 With ``--libraries`` it also imports the libraries crid's daemon is built on and imports at its
 start (pydantic for its configuration, prometheus_client for its metrics, sqlite3 for its
@@ -36,6 +37,7 @@ async def serve(socket: str, list_reply: bytes = b"") -> None:
     methods = {  # no (de)serializers: bytes in, bytes out
         "Version": grpc.unary_unary_rpc_method_handler(version),
         "ListContainers": grpc.unary_unary_rpc_method_handler(list_containers),
+        "ListPodSandbox": grpc.unary_unary_rpc_method_handler(list_containers),  # a pod list's bytes, then
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("runtime.v1.RuntimeService", methods),))
     server.add_insecure_port(f"unix://{socket}")

@@ -10,8 +10,10 @@ charged with what the machine itself loses as pods are added (every new
 mount namespace copies the host's mount table, which each pod lengthens),
 the floors are measured at each count too, beside the runtime's pods:
 ``runc create`` + ``runc start`` of the floor's busybox bundle, ``runc
-exec`` of true into a running container of it, and a pod's network made and
-removed by hand (benchmarks/pod_network_floor.py). At 110 pods: the daemon's
+exec`` of true into a running container of it, ``runc kill`` + ``runc
+delete`` of one, a pod's network made and removed by hand
+(benchmarks/pod_network_floor.py), and the runtime's own ListPodSandbox
+reply served by the bare grpc.aio server (benchmarks/grpc_floor.py). At 110 pods: the daemon's
 RSS and CPU while idle, its CPU under kubelet's 1 s poll of ListPodSandbox +
 ListContainers + ListContainerStats, and a restart: the time from starting
 the daemon again to Version answering and to both lists being complete.
@@ -31,6 +33,7 @@ import psutil
 from benchmarks import oci
 from benchmarks.containerd import delete_oci_containers
 from benchmarks.core import CriTarget, Params, Row, RowSamples, cri_rows_workload
+from benchmarks.grpc_floor import floor_server
 from benchmarks.pod_network_floor import NetworkFloor
 from benchmarks.workloads import (
     CONTAINER_RPCS,
@@ -68,6 +71,8 @@ OPS = (
     ("exec", "ExecSync of true"),
     ("floor_create_start", "floor: `runc create` + `runc start` beside the pods"),
     ("floor_exec", "floor: `runc exec` of true beside the pods"),
+    ("floor_stop", "floor: `runc kill` (KILL) + its exit + `runc delete` beside the pods"),
+    ("floor_list_pods", "floor: ListPodSandbox of this runtime's own reply from a bare grpc.aio server"),
     ("floor_network_add", "floor: `ip netns add` + CNI ADD (loopback, bridge, portmap) beside the pods"),
     ("floor_network_del", "floor: CNI DEL + `ip netns delete` beside the pods"),
 )
@@ -120,16 +125,21 @@ class _Floor:
         self.p = p
         self.network = NetworkFloor(p.workdir)
 
-    def measure(self, out: RowSamples, n: int, probes: int) -> None:
+    def measure(self, t: CriTarget, out: RowSamples, n: int, probes: int, warmup: int) -> None:
         tag = f"{self.p.round}-{n}-{uuid.uuid4().hex[:8]}"
         for i in range(probes):
             _append(
                 out, f"floor_create_start_{n}", oci.create_start_once(oci.RUNC, self.root, self.bundle, f"cs-{tag}-{i}")
             )
+            _append(out, f"floor_stop_{n}", oci.kill_delete_once(oci.RUNC, self.root, self.sleeper, f"st-{tag}-{i}"))
             netns = f"flr-{tag}-{i}"
             _append(out, f"floor_network_add_{n}", self.network.add(netns))
             _append(out, f"floor_network_del_{n}", self.network.delete(netns))
         out[f"floor_exec_{n}"] = oci.exec_samples(oci.RUNC, self.root, self.sleeper, f"exec-{tag}", self.p.count)
+        listing = pb.ListPodSandboxRequest()
+        reply = t.client.runtime.ListPodSandbox(listing, timeout=RPC_TIMEOUT).SerializeToString()
+        with floor_server(self.p.workdir, reply) as (client, _):
+            out[f"floor_list_pods_{n}"] = timed(lambda: client.runtime.ListPodSandbox(listing), self.p.count, warmup)
 
     def clean(self) -> None:
         delete_oci_containers(oci.RUNC, self.root)  # what an interrupted measurement left
@@ -277,7 +287,7 @@ def node(t: CriTarget, p: Params) -> RowSamples:
                 for i in range(probes):
                     _probe(t, p, busybox, f"probe-{n}-{i}", out, n)
                 _reads(t, p, running, out, real)
-                floor.measure(out, n, probes)
+                floor.measure(t, out, n, probes, 3 if real else 0)
                 if level != n:  # smoke: the rows keep their names
                     for op, _ in OPS:
                         out[f"{op}_{level}"] = out.pop(f"{op}_{n}")

@@ -7,6 +7,7 @@ terminal and ``/bin/true`` as the process.
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -73,6 +74,35 @@ def create_start_once(binary: str, root: Path, bundle: Path, cid: str, timeout: 
                     message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
                     raise RuntimeError(f"{os.path.basename(binary)} {args[0]} failed: {message}")
             return time.perf_counter() - t0
+    finally:
+        subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=timeout)
+
+
+def kill_delete_once(binary: str, root: Path, bundle: Path, cid: str, timeout: float = 30.0) -> float:
+    """A running container of ``bundle`` (its process must keep running) stopped as a CRI runtime
+    stops one: ``kill`` (SIGKILL), its exit, ``delete``; their seconds. It is created and started
+    first, untimed. The exit is seen on a pidfd: the process is not this one's child."""
+    base = [binary, "--root", str(root)]
+    null = subprocess.DEVNULL
+    try:
+        with tempfile.TemporaryFile() as err:
+            for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
+                done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
+                if done.returncode != 0:
+                    err.seek(0)
+                    message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
+                    raise RuntimeError(f"{os.path.basename(binary)} {args[0]} failed: {message}")
+        state = subprocess.run([*base, "state", cid], capture_output=True, check=True, timeout=timeout)
+        pidfd = os.pidfd_open(int(json.loads(state.stdout)["pid"]))
+        try:
+            t0 = time.perf_counter()
+            subprocess.run([*base, "kill", cid, "KILL"], stdin=null, stdout=null, timeout=timeout, check=True)
+            if not select.select([pidfd], [], [], timeout)[0]:
+                raise RuntimeError(f"{os.path.basename(binary)}: {cid} did not exit {timeout:g}s after SIGKILL")
+            subprocess.run([*base, "delete", cid], stdin=null, stdout=null, timeout=timeout, check=True)
+            return time.perf_counter() - t0
+        finally:
+            os.close(pidfd)
     finally:
         subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=timeout)
 

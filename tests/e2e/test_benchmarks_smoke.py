@@ -92,6 +92,8 @@ def test_every_workload_once(workdir: Path) -> None:
         "node.floor_exec_110",
         "node.floor_network_add_110",
         "node.floor_network_del_110",
+        "node.floor_stop_110",
+        "node.floor_list_pods_110",
         "node.cpu_poll",
         "node.restart_lists",
     )
