@@ -10,6 +10,7 @@ the field and quotes the value truncated (cri.errors.quote).
 """
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -44,7 +45,9 @@ def _walk(msg: Message, prefix: str) -> None:
     owner = msg.DESCRIPTOR.name
     for field, value in msg.ListFields():
         path = f"{prefix}{field.name}"
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        # a map's value is a Mapping: the field's options would say so too, but reading them imports
+        # descriptor_pb2 (0.5 MiB that stays) and builds an options message for every field of every call
+        if field.message_type is not None and isinstance(value, Mapping):
             if len(value) > MAX_ITEMS:
                 raise InvalidArgument(f"{path} has {len(value)} entries (at most {MAX_ITEMS})")
             value_field = field.message_type.fields_by_name["value"]

@@ -14,3 +14,18 @@ def test_daemon_import_leaves_pull_and_netlink_libraries_unloaded() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == ""
+
+
+def test_validating_a_request_does_not_load_descriptor_protos() -> None:
+    """descriptor_pb2 (0.5 MiB) is what reading a field's options imports: the validator tells a map
+    by its value, and leaves it unloaded."""
+    code = (
+        "import sys\n"
+        "from cri.api.v1 import api_pb2 as pb\n"
+        "from cri.server.validate import validate\n"
+        "validate(pb.RunPodSandboxRequest(config=pb.PodSandboxConfig(labels={'a': 'b'}, annotations={'c': 'd'},\n"
+        "    linux=pb.LinuxPodSandboxConfig(sysctls={'net.core.somaxconn': '1024'}))))\n"
+        "print('google.protobuf.descriptor_pb2' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
