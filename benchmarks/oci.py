@@ -57,23 +57,28 @@ def run_once(binary: str, root: Path, bundle: Path, cid: str, timeout: float = 3
         raise RuntimeError(f"{os.path.basename(binary)} run failed: {message}")
 
 
+def _create_and_start(base: list[str], bundle: Path, cid: str, timeout: float) -> None:
+    """``create`` then ``start`` as two commands, as a CRI runtime starts a container (its monitor
+    runs ``create``, StartContainer ``start``). Its stdio is /dev/null and a file: the container
+    keeps what ``create`` is given, so a pipe would never reach its end."""
+    null = subprocess.DEVNULL
+    with tempfile.TemporaryFile() as err:
+        for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
+            done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
+            if done.returncode != 0:
+                err.seek(0)
+                message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
+                raise RuntimeError(f"{os.path.basename(base[0])} {args[0]} failed: {message}")
+
+
 def create_start_once(binary: str, root: Path, bundle: Path, cid: str, timeout: float = 30.0) -> float:
-    """``create`` then ``start`` as two commands, as a CRI runtime starts a container (its
-    monitor runs ``create``, StartContainer ``start``); their seconds. The container is
-    deleted afterwards, untimed. Its stdio is /dev/null and a file: the container keeps
-    what ``create`` is given, so a pipe would never reach its end."""
+    """The seconds of ``create`` + ``start`` (see ``_create_and_start``). The container is deleted
+    afterwards, untimed."""
     base = [binary, "--root", str(root)]
     try:
-        with tempfile.TemporaryFile() as err:
-            t0 = time.perf_counter()
-            for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
-                null = subprocess.DEVNULL
-                done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
-                if done.returncode != 0:
-                    err.seek(0)
-                    message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
-                    raise RuntimeError(f"{os.path.basename(binary)} {args[0]} failed: {message}")
-            return time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _create_and_start(base, bundle, cid, timeout)
+        return time.perf_counter() - t0
     finally:
         subprocess.run([*base, "delete", "--force", cid], capture_output=True, timeout=timeout)
 
@@ -85,13 +90,7 @@ def kill_delete_once(binary: str, root: Path, bundle: Path, cid: str, timeout: f
     base = [binary, "--root", str(root)]
     null = subprocess.DEVNULL
     try:
-        with tempfile.TemporaryFile() as err:
-            for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
-                done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
-                if done.returncode != 0:
-                    err.seek(0)
-                    message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
-                    raise RuntimeError(f"{os.path.basename(binary)} {args[0]} failed: {message}")
+        _create_and_start(base, bundle, cid, timeout)
         state = subprocess.run([*base, "state", cid], capture_output=True, check=True, timeout=timeout)
         pidfd = os.pidfd_open(int(json.loads(state.stdout)["pid"]))
         try:
@@ -110,18 +109,11 @@ def kill_delete_once(binary: str, root: Path, bundle: Path, cid: str, timeout: f
 def exec_samples(binary: str, root: Path, bundle: Path, cid: str, count: int, timeout: float = 30.0) -> list[float]:
     """``exec CID /bin/true`` ``count`` times into a container of ``bundle`` (its process must
     keep running), as a CRI runtime runs an exec probe; the seconds of each. The container is
-    created, started and deleted around them, untimed; its stdio is /dev/null and a file, as
-    in ``create_start_once``."""
+    created, started and deleted around them, untimed."""
     base = [binary, "--root", str(root)]
     null = subprocess.DEVNULL
     try:
-        with tempfile.TemporaryFile() as err:
-            for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
-                done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
-                if done.returncode != 0:
-                    err.seek(0)
-                    message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
-                    raise RuntimeError(f"{os.path.basename(binary)} {args[0]} failed: {message}")
+        _create_and_start(base, bundle, cid, timeout)
         samples = []
         for _ in range(count):
             t0 = time.perf_counter()
