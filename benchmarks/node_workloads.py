@@ -127,6 +127,7 @@ class _Floor:
 
     def measure(self, t: CriTarget, out: RowSamples, n: int, probes: int, warmup: int) -> None:
         tag = f"{self.p.round}-{n}-{uuid.uuid4().hex[:8]}"
+        self.network.fill(n)
         for i in range(probes):
             _append(
                 out, f"floor_create_start_{n}", oci.create_start_once(oci.RUNC, self.root, self.bundle, f"cs-{tag}-{i}")

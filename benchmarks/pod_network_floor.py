@@ -7,9 +7,13 @@ IPAM, then portmap given the bridge's result), each plugin exec'ed as a
 runtime execs it. Torn down: CNI DEL in the reverse order, then ``ip netns
 delete``. The network is one of its own (its bridge, a free /16, its IPAM
 state in the workload's dir), so that it takes no address of the runtime's
-pods; the host it runs on is the runtime's, with its pods beside it.
+pods; the host it runs on is the runtime's, with its pods beside it. Its
+IPAM dir is given as many allocations as the runtime has pods (``fill``):
+host-local reads every allocation of its network at each ADD and DEL, a
+cost that grows with the pods.
 """
 
+import ipaddress
 import json
 import os
 import secrets
@@ -30,7 +34,19 @@ class NetworkFloor:
         self.bridge = "flrb" + secrets.token_hex(3)
         self.subnet = free_subnets(1)[0]
         self.conflist = cni_conflist("floor", self.bridge, self.subnet, str(workdir / "floor-ipam"))
+        self.allocations = workdir / "floor-ipam" / str(self.conflist["name"])  # host-local's dir for the network
         self.names: list[str] = []  # namespaces made and not deleted yet
+
+    def fill(self, pods: int) -> None:
+        """At least ``pods`` allocations in the IPAM dir besides the floor's own, as host-local writes
+        them (a file named by the address, holding the container id and the interface), at the top
+        of the subnet, where the floor's own sequential allocations never reach."""
+        self.allocations.mkdir(parents=True, exist_ok=True)
+        top = ipaddress.IPv4Network(self.subnet).broadcast_address
+        for i in range(pods):
+            path = self.allocations / str(top - 1 - i)
+            if not path.exists():
+                path.write_text(f"floor-filler-{i}\r\n{IFNAME}")
 
     def _plugin(self, command: str, conf: dict[str, Any], name: str) -> dict[str, Any]:
         env = {
