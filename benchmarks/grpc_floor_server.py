@@ -30,14 +30,14 @@ async def serve(socket: str, list_reply: bytes = b"") -> None:
     async def version(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return VERSION_REPLY
 
-    async def list_containers(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def answer_list(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return list_reply
 
     server = grpc.aio.server()
     methods = {  # no (de)serializers: bytes in, bytes out
         "Version": grpc.unary_unary_rpc_method_handler(version),
-        "ListContainers": grpc.unary_unary_rpc_method_handler(list_containers),
-        "ListPodSandbox": grpc.unary_unary_rpc_method_handler(list_containers),  # a pod list's bytes, then
+        "ListContainers": grpc.unary_unary_rpc_method_handler(answer_list),
+        "ListPodSandbox": grpc.unary_unary_rpc_method_handler(answer_list),  # then the reply file is a pod list
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("runtime.v1.RuntimeService", methods),))
     server.add_insecure_port(f"unix://{socket}")

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHUNK = 1 << 20
 TAR_BLOCKING = CHUNK // 512  # tar records of 1 MiB
 WRITEBACK_BYTES = 8 * CHUNK
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded once: the stored floor calls it every 8 MiB
 ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 TIMEOUT = 600.0
 
@@ -121,7 +122,7 @@ def _stream_one(
 def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """sync_file_range(SYNC_FILE_RANGE_WRITE): the disk starts on these pages now, and the fsync at
     the end waits for less (as crid's content store does; containerd's only fsyncs at the end)."""
-    ctypes.CDLL(None, use_errno=True).sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(nbytes), 2)
+    _LIBC.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(nbytes), 2)
 
 
 def _write_all(fd: int, data: bytes) -> None:

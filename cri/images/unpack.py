@@ -2,9 +2,10 @@
 
 Runs in a process of its own per layer (cri/images/layer_child.py). The
 layer is decompressed (gzip through isal, zstd, or none), its uncompressed
-bytes are hashed and must equal the config's diff_id. Each snapshot holds only its own layer's changes; overlayfs stacks
-them, so OCI whiteouts become overlay whiteouts (a 0/0 character device) and
-opaque markers the ``trusted.overlay.opaque`` xattr.
+bytes are hashed and must equal the config's diff_id. Each snapshot holds
+only its own layer's changes; overlayfs stacks them, so OCI whiteouts become
+overlay whiteouts (a 0/0 character device) and opaque markers the
+``trusted.overlay.opaque`` xattr.
 
 Safety: no entry may leave the snapshot. Names are cleaned (an absolute name
 is taken relative to the root, as docker and containerd do); a ``..`` that
