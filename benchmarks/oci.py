@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import commands
+
 BUSYBOX = "/bin/busybox"  # Debian's busybox-static
 RUNC = "/usr/sbin/runc"
 CRUN = "/usr/bin/crun"
@@ -44,12 +46,12 @@ def make_bundle(path: Path, args: tuple[str, ...] = ("/bin/true",)) -> Path:
 def run_once(binary: str, root: Path, bundle: Path, cid: str, timeout: float = 30.0) -> None:
     """``BINARY --root ROOT run -b BUNDLE ID`` in the foreground; raises RuntimeError on failure
     (after deleting whatever the failed run left)."""
-    done = subprocess.run(
+    done = commands.run(
         [binary, "--root", str(root), "run", "--bundle", str(bundle), cid],
+        timeout,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        timeout=timeout,
     )
     if done.returncode != 0:
         subprocess.run([binary, "--root", str(root), "delete", "--force", cid], capture_output=True)
@@ -64,7 +66,7 @@ def _create_and_start(base: list[str], bundle: Path, cid: str, timeout: float) -
     null = subprocess.DEVNULL
     with tempfile.TemporaryFile() as err:
         for args in (["create", "--bundle", str(bundle), cid], ["start", cid]):
-            done = subprocess.run([*base, *args], stdin=null, stdout=null, stderr=err, timeout=timeout)
+            done = commands.run([*base, *args], timeout, stdin=null, stdout=null, stderr=err)
             if done.returncode != 0:
                 err.seek(0)
                 message = err.read().decode(errors="replace").strip() or f"exit code {done.returncode}"
@@ -95,10 +97,10 @@ def kill_delete_once(binary: str, root: Path, bundle: Path, cid: str, timeout: f
         pidfd = os.pidfd_open(int(json.loads(state.stdout)["pid"]))
         try:
             t0 = time.perf_counter()
-            subprocess.run([*base, "kill", cid, "KILL"], stdin=null, stdout=null, timeout=timeout, check=True)
+            commands.run([*base, "kill", cid, "KILL"], timeout, stdin=null, stdout=null, check=True)
             if not select.select([pidfd], [], [], timeout)[0]:
                 raise RuntimeError(f"{os.path.basename(binary)}: {cid} did not exit {timeout:g}s after SIGKILL")
-            subprocess.run([*base, "delete", cid], stdin=null, stdout=null, timeout=timeout, check=True)
+            commands.run([*base, "delete", cid], timeout, stdin=null, stdout=null, check=True)
             return time.perf_counter() - t0
         finally:
             os.close(pidfd)
@@ -117,7 +119,7 @@ def exec_samples(binary: str, root: Path, bundle: Path, cid: str, count: int, ti
         samples = []
         for _ in range(count):
             t0 = time.perf_counter()
-            subprocess.run([*base, "exec", cid, "/bin/true"], stdin=null, stdout=null, timeout=timeout, check=True)
+            commands.run([*base, "exec", cid, "/bin/true"], timeout, stdin=null, stdout=null, check=True)
             samples.append(time.perf_counter() - t0)
         return samples
     finally:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import commands
 from benchmarks.containerd import CNI_BIN_DIR, LOOPBACK_CONF, cni_conflist
 from benchmarks.harness import delete_link, free_subnets
 
@@ -58,7 +59,7 @@ class NetworkFloor:
             "CNI_PATH": CNI_BIN_DIR,
         }
         binary = os.path.join(CNI_BIN_DIR, conf["type"])
-        done = subprocess.run([binary], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=TIMEOUT)
+        done = commands.run([binary], TIMEOUT, input=json.dumps(conf).encode(), env=env, capture_output=True)
         if done.returncode != 0:
             raise RuntimeError(f"CNI {command} of {conf['type']} failed: {done.stdout.decode(errors='replace')}")
         return json.loads(done.stdout) if command == "ADD" and done.stdout.strip() else {}
@@ -72,7 +73,7 @@ class NetworkFloor:
     def add(self, name: str) -> float:
         """Seconds to make the namespace and ADD its network."""
         t0 = time.perf_counter()
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=TIMEOUT)
+        commands.run(["ip", "netns", "add", name], TIMEOUT, check=True, capture_output=True)
         self.names.append(name)
         self._plugin("ADD", dict(LOOPBACK_CONF), name)
         result: dict[str, Any] = {}
@@ -86,7 +87,7 @@ class NetworkFloor:
         for conf in reversed(self._confs()):
             self._plugin("DEL", conf, name)
         self._plugin("DEL", dict(LOOPBACK_CONF), name)
-        subprocess.run(["ip", "netns", "delete", name], check=True, capture_output=True, timeout=TIMEOUT)
+        commands.run(["ip", "netns", "delete", name], TIMEOUT, check=True, capture_output=True)
         self.names.remove(name)
         return time.perf_counter() - t0
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from isal import isal_zlib
 
+from benchmarks import commands
 from benchmarks.core import NEEDS_IMAGES, MachineTarget, NotSupported, Params, PushedImage, Row, machine_rows_workload
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,7 +137,7 @@ def download_seconds(image: PushedImage) -> float:
     blobs = layer_blobs(image)
     t0 = time.perf_counter()
     procs = [subprocess.Popen(["curl", "-sSf", "-o", "/dev/null", f"http://{host}{path}"]) for path, _ in blobs]
-    codes = [p.wait(TIMEOUT) for p in procs]
+    codes = [commands.wait(p, TIMEOUT) for p in procs]
     elapsed = time.perf_counter() - t0
     if any(codes):
         raise RuntimeError(f"curl of {image.ref}'s blobs exited {codes}")
@@ -177,7 +178,7 @@ def _check(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         assert p.stderr is not None
         out = p.stderr.read().decode(errors="replace")
-        if p.wait(TIMEOUT) != 0 or not out.startswith("ok "):
+        if commands.wait(p, TIMEOUT) != 0 or not out.startswith("ok "):
             raise RuntimeError(f"the floor's streamer failed: {out}")
 
 
@@ -186,7 +187,7 @@ def stream_seconds(image: PushedImage) -> float:
     t0 = time.perf_counter()
     _go(procs)
     for p in procs:
-        p.wait(TIMEOUT)
+        commands.wait(p, TIMEOUT)
     elapsed = time.perf_counter() - t0
     _check(procs)
     return elapsed
@@ -227,7 +228,7 @@ def _tar_x(source: Path | None, target: Path) -> subprocess.Popen[bytes]:
 
 
 def _reap(procs: list[subprocess.Popen[bytes]], dirs: list[Path]) -> None:
-    codes = [p.wait(TIMEOUT) for p in procs]
+    codes = [commands.wait(p, TIMEOUT) for p in procs]
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
     if any(codes):
@@ -239,7 +240,7 @@ def untar_seconds(tars: list[Path], workdir: Path) -> float:
     t0 = time.perf_counter()
     procs = [_tar_x(tar, d) for tar, d in zip(tars, dirs, strict=True)]
     for p in procs:
-        p.wait(TIMEOUT)
+        commands.wait(p, TIMEOUT)
     elapsed = time.perf_counter() - t0
     _reap(procs, dirs)
     return elapsed
@@ -265,7 +266,7 @@ def floor_seconds(image: PushedImage, workdir: Path, stored: bool = False) -> fl
     t0 = time.perf_counter()
     _go(procs)
     for proc in (*tars, *procs):  # a streamer's fsync ends its pass
-        proc.wait(TIMEOUT)
+        commands.wait(proc, TIMEOUT)
     elapsed = time.perf_counter() - t0
     _check(procs)
     _reap(tars, dirs)
