@@ -124,6 +124,7 @@ class Results:
 def select(names: list[str] | None) -> list[Workload[Any]]:
     import benchmarks.exec_workloads
     import benchmarks.grpc_floor
+    import benchmarks.monitor_floor
     import benchmarks.node_workloads
     import benchmarks.pull_floor
     import benchmarks.stats_workloads

@@ -67,15 +67,16 @@ async def _read_sync(fd: int, seconds: float) -> dict[str, object]:
     return doc
 
 
-async def create(runtime: OciRuntime, spec: MonitorSpec) -> int:
-    """Create the container under a new conmon; returns the container's pid."""
+def conmon_args(runtime_binary: str, runtime_root: str, spec: MonitorSpec) -> list[str]:
+    """conmon's command line for ``spec``: it runs ``<runtime_binary> --root=<runtime_root> create``
+    (the benchmarks' monitor floor runs the same)."""
     args = [
         CONMON,
         "--api-version", "1",
         "-c", spec.container_id,
         "-u", spec.container_id,
         "-n", spec.container_id,
-        "-r", runtime.binary,
+        "-r", runtime_binary,
         "-b", spec.bundle,
         "-p", os.path.join(spec.bundle, "pidfile"),
         "-P", os.path.join(spec.bundle, "conmon.pid"),
@@ -83,7 +84,7 @@ async def create(runtime: OciRuntime, spec: MonitorSpec) -> int:
         "--exit-dir", spec.exit_dir,
         "--persist-dir", spec.persist_dir,
         "--socket-dir-path", spec.socket_dir,
-        "--runtime-arg", f"--root={runtime.root}",
+        "--runtime-arg", f"--root={runtime_root}",
         "--log-level", "error",
         "--syslog",
     ]  # fmt: skip
@@ -93,6 +94,12 @@ async def create(runtime: OciRuntime, spec: MonitorSpec) -> int:
         args.append("-i")
         if not spec.stdin_once:
             args.append("--leave-stdin-open")
+    return args
+
+
+async def create(runtime: OciRuntime, spec: MonitorSpec) -> int:
+    """Create the container under a new conmon; returns the container's pid."""
+    args = conmon_args(runtime.binary, runtime.root, spec)
     os.makedirs(runtime.root, mode=0o700, exist_ok=True)
     os.makedirs(spec.persist_dir, mode=0o700, exist_ok=True)
     os.makedirs(spec.socket_dir, mode=0o700, exist_ok=True)

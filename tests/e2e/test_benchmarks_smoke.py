@@ -101,6 +101,7 @@ def test_every_workload_once(workdir: Path) -> None:
         assert all(o.status == "ok" for o in by_name[name].outcomes.values()), (name, by_name[name].outcomes)
     assert by_name["floor_run"].outcomes["runc"].status == "ok"
     assert by_name["floor_create_start"].outcomes["runc"].status == "ok"
+    assert by_name["floor_conmon_create_start"].outcomes["runc"].status == "ok"  # crid's conmon line, by hand
     assert by_name["floor_exec"].outcomes["runc"].status == "ok"
     # the floor server with crid's libraries imported is the bare one and those libraries
     bare, with_libraries = (by_name[n].outcomes["crid"].samples for n in ("rss_idle_floor", "rss_idle_libraries_floor"))
