@@ -13,5 +13,9 @@
 - ``harness``: starts the registry and the daemons (each with its own CNI
   bridge network), runs the workloads A/B, stops and removes everything.
 - ``containerd``: a containerd on temporary dirs; ``oci``: the runc/crun floor.
+- The other floors: ``monitor_floor`` (conmon + runc), ``pod_network_floor``
+  (a netns and its CNI plugins), ``pull_floor`` (download, decompress, hash,
+  untar, store), ``grpc_floor`` (a bare grpc.aio server). ``commands`` runs
+  their commands and waits for them without polling.
 - ``report``: results.json, results.md, samples.json, latency.png.
 """

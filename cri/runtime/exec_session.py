@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import signal
 import struct
@@ -36,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from typing import Any
 
 from cri.errors import FailedPrecondition
+from cri.runtime.exec_process import container_process, write_process
 from cri.runtime.oci import Runtime
 from cri.runtime.stdio import Sink, Source, Stdio, TerminalSize
 
@@ -50,7 +50,7 @@ Process = asyncio.subprocess.Process
 async def run_exec(runtime: Runtime, container_id: str, bundle: str, cmd: list[str], stdio: Stdio) -> int:
     """Run ``cmd`` in the running container with the client's streams; returns its
     exit code (128+signal when a signal killed it, as runc reports it)."""
-    process = await asyncio.to_thread(_process_spec, bundle, cmd, stdio.tty)
+    process = _process_spec(bundle, cmd, stdio.tty)
     fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
     os.close(fd)
     pid_path = process_path[: -len(".json")] + ".pid"
@@ -58,7 +58,7 @@ async def run_exec(runtime: Runtime, container_id: str, bundle: str, cmd: list[s
     try:
         if stdio.tty:
             return await _run_tty(argv, pid_path, stdio, process, process_path)
-        _write_json(process_path, process)
+        write_process(process_path, process)
         return await _run_pipes(argv, pid_path, stdio)
     finally:
         for path in (process_path, pid_path):
@@ -68,20 +68,13 @@ async def run_exec(runtime: Runtime, container_id: str, bundle: str, cmd: list[s
 
 def _process_spec(bundle: str, cmd: list[str], terminal: bool) -> dict[str, Any]:
     """The container's own process (user, env, cwd, capabilities...) with ``cmd`` as args."""
-    with open(os.path.join(bundle, "config.json")) as f:
-        spec = json.load(f)
-    process = dict(spec["process"])
+    process = container_process(bundle)
     process.update(args=cmd, terminal=terminal)
     process.pop("consoleSize", None)  # the client's, if it sent one in time
     if terminal:  # as containerd: a terminal session gets TERM=xterm
         env = [e for e in process.get("env", []) if not e.startswith("TERM=")]
         process["env"] = [*env, "TERM=xterm"]
     return process
-
-
-def _write_json(path: str, doc: object) -> None:
-    with open(path, "w") as f:
-        json.dump(doc, f)
 
 
 # --- the two kinds of plumbing -------------------------------------------------------------
@@ -129,7 +122,7 @@ async def _run_tty(argv: list[str], pid_path: str, stdio: Stdio, process: dict[s
         rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(master, termios.TIOCGWINSZ, bytes(8)))
         if rows and cols:
             process = {**process, "consoleSize": {"height": rows, "width": cols}}
-        _write_json(process_path, process)
+        write_process(process_path, process)
         proc = await _spawn(
             argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=_controlling_tty
         )

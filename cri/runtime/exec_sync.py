@@ -7,13 +7,13 @@ EXEC_OUTPUT_LIMIT per stream. A timeout or a client gone kills it.
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import tempfile
 from dataclasses import dataclass
 
 from cri.errors import DeadlineExceeded
+from cri.runtime.exec_process import container_process, write_process
 from cri.runtime.oci import Runtime
 
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
@@ -29,13 +29,12 @@ class ExecResult:
 
 
 async def exec_sync(runtime: Runtime, container_id: str, bundle: str, cmd: list[str], timeout: int) -> ExecResult:  # noqa: ASYNC109
-    spec = await asyncio.to_thread(_read_json, os.path.join(bundle, "config.json"))
-    process = dict(spec["process"])  # type: ignore[call-overload]
+    process = container_process(bundle)
     process.update(args=cmd, terminal=False)
     fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
+    os.close(fd)
     pid_path = process_path[: -len(".json")] + ".pid"
-    with os.fdopen(fd, "w") as f:
-        json.dump(process, f)
+    write_process(process_path, process)
     proc = await asyncio.create_subprocess_exec(
         *runtime.exec_command(container_id, process_path, pid_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -56,13 +55,6 @@ async def exec_sync(runtime: Runtime, container_id: str, bundle: str, cmd: list[
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
     return ExecResult(out, err, code)
-
-
-def _read_json(path: str) -> dict[str, object]:
-    with open(path) as f:
-        doc = json.load(f)
-    assert isinstance(doc, dict)
-    return doc
 
 
 async def _end_exec(proc: asyncio.subprocess.Process, pid_path: str) -> None:
