@@ -26,7 +26,7 @@ def _process_json(path: str, mtime_ns: int, size: int) -> str:
         return json.dumps(json.load(f)["process"])
 
 
-def write_process(path: str, process: dict[str, Any]) -> None:
-    """The process file of ``runtime exec --process``."""
-    with open(path, "w") as f:
+def write_process(file: int | str, process: dict[str, Any]) -> None:
+    """The process file of ``runtime exec --process``, at a path or an open fd (closed after)."""
+    with open(file, "w") as f:
         f.write(json.dumps(process))  # json.dump encodes in Python, chunk by chunk; dumps in C

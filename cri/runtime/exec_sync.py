@@ -32,9 +32,8 @@ async def exec_sync(runtime: Runtime, container_id: str, bundle: str, cmd: list[
     process = container_process(bundle)
     process.update(args=cmd, terminal=False)
     fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
-    os.close(fd)
+    write_process(fd, process)
     pid_path = process_path[: -len(".json")] + ".pid"
-    write_process(process_path, process)
     proc = await asyncio.create_subprocess_exec(
         *runtime.exec_command(container_id, process_path, pid_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

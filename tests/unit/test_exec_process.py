@@ -35,3 +35,7 @@ def test_a_rewritten_file_is_read_again(tmp_path: Path) -> None:
 def test_write_process(tmp_path: Path) -> None:
     write_process(str(tmp_path / "p.json"), {"args": ["true"], "terminal": False})
     assert json.loads((tmp_path / "p.json").read_text()) == {"args": ["true"], "terminal": False}
+    fd = os.open(tmp_path / "q.json", os.O_WRONLY | os.O_CREAT, 0o600)
+    write_process(fd, {"args": ["false"]})  # the fd mkstemp gave, written and closed
+    assert json.loads((tmp_path / "q.json").read_text()) == {"args": ["false"]}
+    assert not os.path.exists(f"/proc/self/fd/{fd}") or os.readlink(f"/proc/self/fd/{fd}") != str(tmp_path / "q.json")
