@@ -4,7 +4,8 @@ over the streaming server, SPDY as kubelet and crictl speak it) cost.
 Both run ``true`` in one running busybox container; the streaming sample is
 the whole round trip a client sees: the Exec RPC, the HTTP upgrade, the
 streams, and the exit status on the error stream. Their floor: ``runc exec``
-of ``true`` into a running busybox container, with no CRI daemon.
+of ``true`` into a running busybox container, with no CRI daemon, from the
+binary as installed and from the sealed copy crid runs it from.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from benchmarks import oci
 from benchmarks.core import CriTarget, NotSupported, OciTarget, Params, cri_workload, oci_workload
 from benchmarks.workloads import CONTAINER_RPCS, WARMUP, create_container, ensure_busybox, pod, start_container
 from cri.api.v1 import api_pb2 as pb
+from cri.runtime import sealed_binary
 from cri.streaming import spdy_client
 
 EXEC_TIMEOUT = 30.0
@@ -71,9 +73,22 @@ def exec_stream(t: CriTarget, p: Params) -> list[float]:
 @oci_workload("floor_exec", "floor: `{target} exec` of true in a running busybox container", count=50, runs=3)
 def floor_exec(t: OciTarget, p: Params) -> list[float]:
     """What an exec probe costs the OCI runtime itself: one ``exec`` command, no daemon, no monitor."""
+    return _floor_exec(t, p, t.binary, "floor-exec")
+
+
+@oci_workload(
+    "floor_exec_sealed", "floor: `{target} exec` of true, from a sealed memfd copy as crid runs it", count=50, runs=3
+)
+def floor_exec_sealed(t: OciTarget, p: Params) -> list[float]:
+    """The same from the sealed copy of the binary crid runs (cri/runtime/sealed_binary.py): the
+    runtime then skips its own bind mount of itself. What crid's ExecSync is measured against."""
+    return _floor_exec(t, p, sealed_binary.executable(t.binary), "floor-exec-sealed")
+
+
+def _floor_exec(t: OciTarget, p: Params, binary: str, name: str) -> list[float]:
     bundle = oci.make_bundle(p.workdir / "sleeper", ("/bin/busybox", "sleep", "3600"))
     try:
-        return oci.exec_samples(t.binary, t.root, bundle, f"floor-exec-{p.round}-{uuid.uuid4().hex[:8]}", p.count)
+        return oci.exec_samples(binary, t.root, bundle, f"{name}-{p.round}-{uuid.uuid4().hex[:8]}", p.count)
     except RuntimeError as exc:
         if p.round == 0:  # it never ran here: crun 1.8 on hybrid cgroups
             raise NotSupported(str(exc)) from exc

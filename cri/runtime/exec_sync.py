@@ -7,13 +7,14 @@ EXEC_OUTPUT_LIMIT per stream. A timeout or a client gone kills it.
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
-import tempfile
 from dataclasses import dataclass
 
-from cri.errors import DeadlineExceeded
-from cri.runtime.exec_process import container_process, write_process
+from cri.errors import DeadlineExceeded, FailedPrecondition
+from cri.runtime.child import Child
+from cri.runtime.exec_process import container_process
 from cri.runtime.oci import Runtime
 
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
@@ -31,60 +32,41 @@ class ExecResult:
 async def exec_sync(runtime: Runtime, container_id: str, bundle: str, cmd: list[str], timeout: int) -> ExecResult:  # noqa: ASYNC109
     process = container_process(bundle)
     process.update(args=cmd, terminal=False)
-    fd, process_path = tempfile.mkstemp(prefix="exec-", suffix=".json", dir=bundle)
-    write_process(fd, process)
-    pid_path = process_path[: -len(".json")] + ".pid"
-    proc = await asyncio.create_subprocess_exec(
-        *runtime.exec_command(container_id, process_path, pid_path),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
+    # the process file is a memfd, the runtime's fd 3: no file to create and unlink in the bundle
+    memfd = os.memfd_create("crid-exec-process", os.MFD_CLOEXEC)
     try:
-        reads = asyncio.gather(_read_capped(proc.stdout), _read_capped(proc.stderr), proc.wait())
+        os.write(memfd, json.dumps(process).encode())
+        argv = runtime.exec_command(container_id, "/proc/self/fd/3", None)
         try:
-            out, err, code = await asyncio.wait_for(reads, timeout if timeout > 0 else None)
+            child = Child(argv, EXEC_OUTPUT_LIMIT, fd3=memfd)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot run the OCI runtime {argv[0]}: {exc.strerror}") from None
+    finally:
+        os.close(memfd)
+    try:
+        try:
+            code = await asyncio.wait_for(child.communicate(), timeout if timeout > 0 else None)
         except TimeoutError:
-            await _end_exec(proc, pid_path)
+            await _end_exec(child)
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout}s and was killed") from None
         except asyncio.CancelledError:  # the client went away (its own deadline): the command goes too
-            await _end_exec(proc, pid_path)
+            await _end_exec(child)
             raise
     finally:
-        for path in (process_path, pid_path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    return ExecResult(out, err, code)
+        child.close()
+    (out, cut_out), (err, cut_err) = child.output(1), child.output(2)
+    return ExecResult(out + (_TRUNCATED if cut_out else b""), err + (_TRUNCATED if cut_err else b""), code)
 
 
-async def _end_exec(proc: asyncio.subprocess.Process, pid_path: str) -> None:
-    """Kill an exec'd command and let ``runc exec`` reap it before it exits
-    (killing runc first would leave the command a zombie in the container)."""
-    _kill_exec(pid_path)
-    try:
-        await asyncio.wait_for(proc.wait(), KILL_WAIT)
-    except TimeoutError:
+async def _end_exec(child: Child) -> None:
+    """Kill an exec'd command and let ``runc exec`` reap it before it exits (killing runc
+    first would leave the command a zombie in the container). runc exec is the subreaper of
+    what it runs: the command is its child."""
+    for pid in child.children():
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
-def _kill_exec(pid_path: str) -> None:
+            os.kill(pid, signal.SIGKILL)
     try:
-        with open(pid_path) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
-
-
-async def _read_capped(stream: asyncio.StreamReader) -> bytes:
-    """Read a stream to its end, keeping at most EXEC_OUTPUT_LIMIT bytes."""
-    buf = bytearray()
-    truncated = False
-    while chunk := await stream.read(64 * 1024):
-        room = EXEC_OUTPUT_LIMIT - len(buf)
-        if room > 0:
-            buf += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return bytes(buf) + (_TRUNCATED if truncated else b"")
+        await asyncio.wait_for(child.wait(), KILL_WAIT)
+    except TimeoutError:
+        child.kill()
+        await child.wait()

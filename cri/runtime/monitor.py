@@ -99,7 +99,7 @@ def conmon_args(runtime_binary: str, runtime_root: str, spec: MonitorSpec) -> li
 
 async def create(runtime: OciRuntime, spec: MonitorSpec) -> int:
     """Create the container under a new conmon; returns the container's pid."""
-    args = conmon_args(runtime.binary, runtime.root, spec)
+    args = conmon_args(runtime.executable, runtime.root, spec)
     os.makedirs(runtime.root, mode=0o700, exist_ok=True)
     os.makedirs(spec.persist_dir, mode=0o700, exist_ok=True)
     os.makedirs(spec.socket_dir, mode=0o700, exist_ok=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from cri.errors import FailedPrecondition, NotFound
+from cri.runtime import sealed_binary
 
 if TYPE_CHECKING:
     from cri.runtime.monitor import MonitorSpec
@@ -57,9 +58,9 @@ class Runtime(Protocol):
         """Apply an OCI ``linux.resources`` document (its file is written in ``scratch_dir``)."""
         ...
 
-    def exec_command(self, container_id: str, process_path: str, pid_path: str) -> list[str]:
+    def exec_command(self, container_id: str, process_path: str, pid_path: str | None) -> list[str]:
         """The command line that runs the process of ``process_path`` in the container
-        in the foreground, writing its pid to ``pid_path``."""
+        in the foreground, writing its pid to ``pid_path`` (if one is given)."""
         ...
 
     async def features(self) -> dict[str, object]:
@@ -84,6 +85,11 @@ class OciRuntime:
     binary: str
     root: str  # --root: where the runtime keeps its state
 
+    @property
+    def executable(self) -> str:
+        """What runs as the runtime's commands: a sealed copy of the binary (sealed_binary.py)."""
+        return sealed_binary.executable(self.binary)
+
     async def run(self, *args: str, time_limit: float = COMMAND_TIMEOUT, capture: bool = True) -> str:
         """Run ``binary --root ROOT ARGS``; returns stdout, raises with the runtime's message.
 
@@ -94,7 +100,7 @@ class OciRuntime:
         os.close(fd)
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.binary,
+                self.executable,
                 "--root",
                 self.root,
                 "--log",
@@ -174,10 +180,10 @@ class OciRuntime:
         args = ["--image-path", image_dir, "--work-path", work_dir, "--leave-running", "--file-locks"]
         await self.run("checkpoint", *args, container_id, time_limit=time_limit)
 
-    def exec_command(self, container_id: str, process_path: str, pid_path: str) -> list[str]:
+    def exec_command(self, container_id: str, process_path: str, pid_path: str | None) -> list[str]:
         # no --log: exec's stderr is the command's own
-        exe = [self.binary, "--root", self.root, "exec"]
-        return [*exe, "--process", process_path, "--pid-file", pid_path, container_id]
+        exe = [self.executable, "--root", self.root, "exec", "--process", process_path]
+        return [*exe, *(["--pid-file", pid_path] if pid_path else []), container_id]
 
     async def features(self) -> dict[str, object]:
         """``<runtime> features`` (runc >= 1.1)."""

@@ -17,12 +17,17 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_DEPTH = 5
 
 
+# `ip netns add` makes /run/netns a shared mount of itself the first time it runs on a host and
+# leaves it, as it should: it is the host's, not a pod's (the namespaces under it are checked)
+HOST_MOUNTS = {"/run/netns"}
+
+
 def _mount_points() -> set[str]:
     points = set()
     with open("/proc/self/mountinfo") as f:
         for line in f:
             points.add(line.split()[4].encode().decode("unicode_escape"))
-    return points
+    return points - HOST_MOUNTS
 
 
 def _listdir(path: str) -> set[str]:

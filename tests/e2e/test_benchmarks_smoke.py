@@ -103,6 +103,7 @@ def test_every_workload_once(workdir: Path) -> None:
     assert by_name["floor_create_start"].outcomes["runc"].status == "ok"
     assert by_name["floor_conmon_create_start"].outcomes["runc"].status == "ok"  # crid's conmon line, by hand
     assert by_name["floor_exec"].outcomes["runc"].status == "ok"
+    assert by_name["floor_exec_sealed"].outcomes["runc"].status == "ok"  # the copy crid runs, by hand
     # the floor server with crid's libraries imported is the bare one and those libraries
     bare, with_libraries = (by_name[n].outcomes["crid"].samples for n in ("rss_idle_floor", "rss_idle_libraries_floor"))
     assert min(with_libraries) > max(bare) + 2 * 1024 * 1024

@@ -9,10 +9,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 
 from cri.api.v1 import api_pb2 as pb
@@ -338,6 +340,33 @@ def test_exec_sync(pod: Pod) -> None:
     with pytest.raises(grpc.RpcError) as err:
         pod.exec(cid, ["true"])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def test_the_runtime_runs_from_a_sealed_copy(pod: Pod) -> None:
+    """runc (under conmon, and for exec) runs from crid's sealed memfd copy, which spares it its
+    own bind mount of the binary at each create and exec (cri/runtime/sealed_binary.py)."""
+    cid = pod.run("sealed", ["sleep", "600"])
+    assert pod.d.proc is not None
+    crid = psutil.Process(pod.d.proc.pid)
+    conmon = next(p for p in psutil.process_iter(["cmdline"]) if cid in (p.info["cmdline"] or [])[:8])
+    runtime = conmon.info["cmdline"][conmon.info["cmdline"].index("-r") + 1]
+    assert runtime.startswith(f"/proc/{crid.pid}/fd/") and "memfd:crid:runc" in os.readlink(runtime)
+    with ThreadPoolExecutor(1) as pool:
+        probe = pool.submit(pod.exec, cid, ["sleep", "2"])
+        deadline = time.monotonic() + 10
+        exes: set[str] = set()
+        while not probe.done() and time.monotonic() < deadline:
+            exes |= {_exe(c.pid) for c in crid.children() if "exec" in c.cmdline()[:4]}
+            time.sleep(0.05)
+        assert probe.result().exit_code == 0
+    assert any(e.startswith("/memfd:crid:runc") for e in exes), exes
 
 
 def test_stop_grace_and_timeout(pod: Pod) -> None:

@@ -232,7 +232,7 @@ class FakeRuntime:
     async def update(self, container_id: str, resources: Mapping[str, object], scratch_dir: str) -> None:
         self.faults.check("runtime.update")
 
-    def exec_command(self, container_id: str, process_path: str, pid_path: str) -> list[str]:
+    def exec_command(self, container_id: str, process_path: str, pid_path: str | None) -> list[str]:
         return ["true"]
 
     async def features(self) -> dict[str, object]:
