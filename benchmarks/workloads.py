@@ -42,6 +42,7 @@ from benchmarks.core import (
     probe,
 )
 from cri.api.v1 import api_pb2 as pb
+from cri.images.layer_process import ZYGOTE_IDLE_SECONDS
 
 WARMUP = 10  # untimed calls before the timed ones of a latency workload
 RSS_INTERVAL = 0.02  # seconds between two RSS samples
@@ -739,5 +740,9 @@ def monitor_rss(t: CriTarget, p: Params) -> list[float]:
 
 @cri_workload("rss_end", "daemon RSS, idle, after all the workloads above", unit="bytes", count=10)
 def rss_end(t: CriTarget, p: Params) -> list[float]:
-    """What the daemon still holds once the pods, containers and pulls before it are gone."""
+    """What the daemon still holds once the pods, containers and pulls before it are gone: crid's
+    pull zygote (about 36 MiB) leaves ZYGOTE_IDLE_SECONDS after the last pull; sampled after that."""
+    deadline = time.monotonic() + ZYGOTE_IDLE_SECONDS + 30
+    while pull_processes(t.pid) and time.monotonic() < deadline:
+        time.sleep(1)
     return rss_samples(t.pid, p.count)
