@@ -10,6 +10,7 @@ binary as installed and from the sealed copy crid runs it from.
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -91,5 +92,6 @@ def _floor_exec(t: OciTarget, p: Params, binary: str, name: str) -> list[float]:
         return oci.exec_samples(binary, t.root, bundle, f"{name}-{p.round}-{uuid.uuid4().hex[:8]}", p.count)
     except RuntimeError as exc:
         if p.round == 0:  # it never ran here: crun 1.8 on hybrid cgroups
-            raise NotSupported(str(exc)) from exc
+            # the sealed copy's name is a number (/proc/<pid>/fd/<n>): the message says the runtime's
+            raise NotSupported(str(exc).replace(os.path.basename(binary), t.name, 1)) from exc
         raise
