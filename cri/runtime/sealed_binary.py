@@ -7,9 +7,9 @@ namespace, for each runc process; runc 1.2 mounts an overlayfs or copies the bin
 A binary that already is a sealed memfd is exempt: runc's own ``memfd-bind`` (contrib/) makes
 one for all runc processes of a host. crid does the same for the runtimes it runs: one sealed
 copy per binary (its size in shared memory, about 9 MB for runc), executed as
-``/proc/<crid>/fd/<n>``. It saves each ``runc exec`` about 4 ms here, more on a node with many
-mounts. The copy follows the file: when the binary on disk changes (an upgrade), the next
-command gets a fresh copy of the new one.
+``/proc/<crid>/fd/<n>``. By hand, ``runc exec`` from it took 1-2 ms less here (p10 20.7 against
+22.5 ms, 150 alternated pairs), and no mount event reaches the host. The copy follows the file:
+when the binary on disk changes (an upgrade), the next command gets a fresh copy of the new one.
 
 What is not an ELF file (a wrapper script) or cannot be copied and sealed (memfd_create refused,
 vm.memfd_noexec=2) runs from its path as before.
