@@ -5,7 +5,7 @@ serialized once, and ListContainers and ListPodSandbox with the bytes of LIST_RE
 runtime gave to the call the client makes).
 
 With ``--libraries`` it also imports the libraries crid's daemon is built on and imports at its
-start (pydantic for its configuration, prometheus_client for its metrics, sqlite3 for its
+start (msgspec for its configuration, prometheus_client for its metrics, sqlite3 for its
 image metadata, h11 and wsproto for its streaming server), and does nothing with them: the
 idle RSS floor of a daemon made of these parts, before any code of its own.
 
@@ -45,7 +45,7 @@ async def serve(socket: str, list_reply: bytes = b"") -> None:
     await server.wait_for_termination()
 
 
-LIBRARIES = ("pydantic", "prometheus_client", "sqlite3", "h11", "wsproto")
+LIBRARIES = ("msgspec", "prometheus_client", "sqlite3", "h11", "wsproto")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from cri.config import Config
+from cri.config import from_dict
 from cri.images.manager import Images
 from cri.store import Store
 from tests.support import oci_build as ob
@@ -92,7 +92,7 @@ async def registry() -> AsyncIterator[FakeRegistry]:
 @pytest.fixture
 async def images(tmp_path: Path) -> AsyncIterator[Images]:
     root = tmp_path / "root"
-    config = Config.model_validate(
+    config = from_dict(
         {"root_dir": str(root), "state_dir": str(tmp_path / "run"), "images": {"registry_config_dir": str(tmp_path)}}
     )
     root.mkdir()

@@ -12,17 +12,18 @@ import os
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from msgspec import Meta, field
 
-U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
-I64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+I64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 
 
-class DeviceNode(_Strict):
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True):
+    """Decoded strictly (msgspec.convert): unknown fields and wrong types are refused."""
+
+
+class DeviceNode(_Strict, frozen=True):
     path: str = ""
     hostPath: str = ""
     type: str = ""
@@ -34,14 +35,14 @@ class DeviceNode(_Strict):
     gid: U32 | None = None
 
 
-class Mount(_Strict):
+class Mount(_Strict, frozen=True):
     hostPath: str = ""
     containerPath: str = ""
     options: list[str] = []
     type: str = ""
 
 
-class Hook(_Strict):
+class Hook(_Strict, frozen=True):
     hookName: str = ""
     path: str = ""
     args: list[str] = []
@@ -49,7 +50,7 @@ class Hook(_Strict):
     timeout: int | None = None
 
 
-class IntelRdt(_Strict):
+class IntelRdt(_Strict, frozen=True):
     closID: str = ""
     l3CacheSchema: str = ""
     memBwSchema: str = ""
@@ -57,12 +58,12 @@ class IntelRdt(_Strict):
     enableMonitoring: bool = False
 
 
-class NetDevice(_Strict):
+class NetDevice(_Strict, frozen=True):
     hostInterfaceName: str = ""
     name: str = ""
 
 
-class ContainerEdits(_Strict):
+class ContainerEdits(_Strict, frozen=True):
     env: list[str] = []
     deviceNodes: list[DeviceNode] = []
     netDevices: list[NetDevice] = []
@@ -83,18 +84,18 @@ class ContainerEdits(_Strict):
         )
 
 
-class Device(_Strict):
+class Device(_Strict, frozen=True):
     name: str = ""
     annotations: dict[str, str] = {}
-    containerEdits: ContainerEdits = ContainerEdits()
+    containerEdits: ContainerEdits = field(default_factory=ContainerEdits)
 
 
-class Spec(_Strict):
+class Spec(_Strict, frozen=True):
     cdiVersion: str = ""
     kind: str = ""
     annotations: dict[str, str] = {}
     devices: list[Device] = []
-    containerEdits: ContainerEdits = ContainerEdits()
+    containerEdits: ContainerEdits = field(default_factory=ContainerEdits)
 
     @property
     def vendor(self) -> str:
@@ -329,15 +330,6 @@ def check_spec(spec: Spec) -> None:
         raise SpecError("invalid spec, no devices")
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        what = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        problems.append(f"{where}: {what}")
-    return "; ".join(problems)
-
-
 def _decode(path: str, data: bytes) -> Any:
     # The library decodes JSON and YAML alike (JSON is YAML); PyYAML, imported only when needed,
     # reads .yaml files and a .json file that is not plain JSON.
@@ -362,11 +354,9 @@ def parse_spec(path: str, data: bytes) -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(f"failed to parse CDI Spec {go_quote(path)}: failed to unmarshal CDI Spec: not an object")
     try:
-        spec = Spec.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError(
-            f"failed to parse CDI Spec {go_quote(path)}: failed to unmarshal CDI Spec: {_describe(exc)}"
-        ) from None
+        spec = msgspec.convert(raw, Spec)
+    except msgspec.ValidationError as exc:  # "Object contains unknown field `x` - at `$.devices[0]`"
+        raise SpecError(f"failed to parse CDI Spec {go_quote(path)}: failed to unmarshal CDI Spec: {exc}") from None
     try:
         check_spec(spec)
     except SpecError as exc:
