@@ -1,9 +1,10 @@
-"""A short-lived child with its output captured, for the hot path of exec probes.
+"""A short-lived child with its output captured: exec probes and the OCI runtime's commands.
 
 An asyncio subprocess (a Popen, two transports and their protocols, a watcher) costs the daemon
 0.8 ms of CPU per ``/bin/true`` here, this 0.5 ms; ExecSync runs one per probe, every few seconds
-for every container of a node. This is the same with less: ``posix_spawn`` (vfork and exec, no
-Python between them), two pipes and a pidfd watched by the loop's selector.
+for every container of a node, and each container's start, stop and removal runs the OCI runtime.
+This is the same with less: ``posix_spawn`` (vfork and exec, no Python between them), two pipes
+and a pidfd watched by the loop's selector.
 
 The child is always reaped: its pidfd stays on the loop until it has exited, also after the
 caller gave up on it (a cancelled call), so no zombie is left behind.
@@ -17,38 +18,44 @@ _READ = 64 * 1024
 
 
 class Child:
-    """``argv`` with stdin on /dev/null, stdout and stderr on pipes; ``fd3`` (if given) as its fd 3."""
+    """``argv`` with stdin on /dev/null, stdout and stderr on pipes; ``fd3`` (if given) as its fd 3.
 
-    def __init__(self, argv: list[str], limit: int, fd3: int | None = None) -> None:
+    ``capture=False`` gives it /dev/null as stdout and stderr too: what it leaves running (a
+    detached container) inherits them, and would otherwise hold the pipes open."""
+
+    def __init__(self, argv: list[str], limit: int, fd3: int | None = None, capture: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self._limit = limit
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(2 if capture else 0)]
         actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = [
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2),
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
         ]
+        if capture:
+            actions += [(os.POSIX_SPAWN_DUP2, pipes[0][1], 1), (os.POSIX_SPAWN_DUP2, pipes[1][1], 2)]
+        else:
+            actions += [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
         if fd3 is not None:
             actions.append((os.POSIX_SPAWN_DUP2, fd3, 3))
         try:
             self.pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
         except BaseException:
-            os.close(out_r)
-            os.close(err_r)
+            for r, _ in pipes:
+                os.close(r)
             raise
         finally:
-            os.close(out_w)
-            os.close(err_w)
+            for _, w in pipes:
+                os.close(w)
         self.returncode: int | None = None
         self._exited = self._loop.create_future()
         self._pidfd = os.pidfd_open(self.pid)  # the child cannot be reaped before: we are its only waiter
         self._loop.add_reader(self._pidfd, self._reap)
         self._drained = self._loop.create_future()
-        self._streams = {1: _Capture(out_r), 2: _Capture(err_r)}
+        self._streams = {fd: _Capture(r) for fd, (r, _) in zip((1, 2), pipes, strict=False)}
         for stream in self._streams.values():
             os.set_blocking(stream.fd, False)
             self._loop.add_reader(stream.fd, self._read, stream)
+        if not self._streams:
+            self._drained.set_result(None)
 
     def _read(self, stream: "_Capture") -> None:
         try:
@@ -79,8 +86,8 @@ class Child:
 
     def output(self, fd: int) -> tuple[bytes, bool]:
         """What the child wrote to stdout (1) or stderr (2), and whether it was cut at the limit."""
-        stream = self._streams[fd]
-        return bytes(stream.data), stream.truncated
+        stream = self._streams.get(fd)
+        return (bytes(stream.data), stream.truncated) if stream is not None else (b"", False)
 
     async def communicate(self) -> int:
         """Read both pipes to their end and wait for the exit; the exit code."""

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from cri.errors import FailedPrecondition, NotFound
 from cri.runtime import sealed_binary
+from cri.runtime.child import Child
 
 if TYPE_CHECKING:
     from cri.runtime.monitor import MonitorSpec
 
 COMMAND_TIMEOUT = 60.0
+OUTPUT_LIMIT = 1024 * 1024  # of a command's stdout, stderr and log, kept (state, features: a few KiB)
 FEATURES_TIMEOUT = 10.0
 
 
@@ -94,39 +96,33 @@ class OciRuntime:
         """Run ``binary --root ROOT ARGS``; returns stdout, raises with the runtime's message.
 
         ``capture=False`` gives the runtime /dev/null as stdio: a detached container
-        inherits it, and would otherwise hold our pipes open forever."""
+        inherits it, and would otherwise hold our pipes open forever. The runtime's JSON log
+        goes to a memfd at its fd 3: no file is made and removed in its root per command."""
         os.makedirs(self.root, mode=0o700, exist_ok=True)
-        fd, log_path = tempfile.mkstemp(prefix="oci-", suffix=".log", dir=self.root)
-        os.close(fd)
+        argv = [self.executable, "--root", self.root, "--log", "/proc/self/fd/3", "--log-format", "json", *args]
+        log = os.memfd_create("crid-oci-log", os.MFD_CLOEXEC)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.executable,
-                "--root",
-                self.root,
-                "--log",
-                log_path,
-                "--log-format",
-                "json",
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL,
-            )
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), time_limit)
+                child = Child(argv, OUTPUT_LIMIT, fd3=log, capture=capture)
+            except OSError as exc:
+                raise FailedPrecondition(f"cannot run the OCI runtime {self.binary}: {exc.strerror}") from None
+            try:
+                code = await asyncio.wait_for(child.communicate(), time_limit)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                child.kill()
+                await child.wait()
                 raise FailedPrecondition(f"{self.name}: '{args[0]}' did not finish within {time_limit:g}s") from None
-            if proc.returncode != 0:
-                stderr = (err or b"").decode(errors="replace").strip()
-                message = _log_error(log_path) or stderr or f"exit {proc.returncode}"
+            finally:
+                child.close()
+            if code != 0:
+                stderr = child.output(2)[0].decode(errors="replace").strip()
+                message = _log_error(log) or stderr or f"exit {code}"
                 if "does not exist" in message or "not found" in message.lower():
                     raise NotFound(f"{self.name} {args[0]}: {message}")
                 raise FailedPrecondition(f"{self.name} {args[0]}: {message}")
-            return (out or b"").decode(errors="replace")
+            return child.output(1)[0].decode(errors="replace")
         finally:
-            os.unlink(log_path)
+            os.close(log)
 
     async def create(self, spec: "MonitorSpec") -> int:
         from cri.runtime import monitor  # it imports this module
@@ -198,18 +194,15 @@ class OciRuntime:
         return doc if isinstance(doc, dict) else {}
 
 
-def _log_error(path: str) -> str:
-    """The last error-level message of a runtime's JSON log."""
+def _log_error(log: int) -> str:
+    """The last error-level message of a runtime's JSON log (the memfd it wrote)."""
     message = ""
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
-                    message = str(entry.get("msg", ""))
-    except OSError:
-        return ""
+    size = os.fstat(log).st_size
+    for line in os.pread(log, min(size, OUTPUT_LIMIT), max(0, size - OUTPUT_LIMIT)).splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            message = str(entry.get("msg", ""))
     return message
