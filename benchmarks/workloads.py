@@ -418,11 +418,15 @@ def make_cold(t: CriTarget, image: PushedImage, snapshots: set[str] | None = Non
 
 
 def timed_cold_pulls(t: CriTarget, image: PushedImage, count: int) -> tuple[list[float], list[float]]:
-    """``count`` pulls of ``image``, each from a cold store; returns (MB/s, seconds) per pull."""
+    """``count`` pulls of ``image``, each from a cold store; returns (MB/s, seconds) per pull.
+
+    Each starts from a clean page cache state, as the floor's passes do (pull_floor.py): what the
+    pull before it, the other runtime's or the removal left dirty is written out first, untimed."""
     make_cold(t, image)
     mbps, seconds = [], []
     for _ in range(count):
         before = snapshot_dirs(t)
+        os.sync()
         t0 = time.perf_counter()
         pull(t, image.ref)
         elapsed = time.perf_counter() - t0
@@ -517,6 +521,7 @@ def list_during_pull(t: CriTarget, p: Params) -> RowSamples:
         errors: list[BaseException] = []
         sampler = threading.Thread(target=_sample_lists, args=(calls, out, stop, errors), name="bench-list-sampler")
         before = snapshot_dirs(t)
+        os.sync()  # as before each timed pull
         sampler.start()
         try:
             pull(t, image.ref)
@@ -531,6 +536,7 @@ def list_during_pull(t: CriTarget, p: Params) -> RowSamples:
         stop = threading.Event()
         errors = []
         sampler = threading.Thread(target=_sample_lists, args=({"images": calls["images"]}, floor, stop, errors))
+        os.sync()
         sampler.start()
         try:
             pull_floor.floor_seconds(image, p.workdir)
