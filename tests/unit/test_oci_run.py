@@ -32,14 +32,14 @@ def test_the_error_is_the_last_error_of_its_log(tmp_path: Path) -> None:
         'echo \'{"level":"error","msg":"cannot start: bad things"}\' >> "$4"\n'
         "echo stderr text >&2; exit 1\n"
     )
-    with pytest.raises(FailedPrecondition, match="^fake start: cannot start: bad things$"):
+    with pytest.raises(FailedPrecondition, match=r"^fake start: cannot start: bad things$"):
         asyncio.run(_runtime(tmp_path, body).start("c1"))
 
 
 def test_stderr_then_the_exit_code_when_the_log_says_nothing(tmp_path: Path) -> None:
-    with pytest.raises(FailedPrecondition, match="^fake start: only on stderr$"):
+    with pytest.raises(FailedPrecondition, match=r"^fake start: only on stderr$"):
         asyncio.run(_runtime(tmp_path, "echo only on stderr >&2; exit 1\n").start("c1"))
-    with pytest.raises(FailedPrecondition, match="^fake start: exit 3$"):
+    with pytest.raises(FailedPrecondition, match=r"^fake start: exit 3$"):
         asyncio.run(_runtime(tmp_path, "exit 3\n").start("c1"))
 
 
@@ -54,7 +54,7 @@ def test_an_unknown_container_is_not_found(tmp_path: Path) -> None:
 
 def test_a_command_past_its_time_limit_is_killed(tmp_path: Path) -> None:
     runtime = _runtime(tmp_path, "exec sleep 30\n")
-    with pytest.raises(FailedPrecondition, match="'start' did not finish within 0.2s"):
+    with pytest.raises(FailedPrecondition, match=r"'start' did not finish within 0\.2s"):
         asyncio.run(runtime.run("start", "c1", time_limit=0.2))
 
 
@@ -67,5 +67,5 @@ def test_detached_its_stdio_is_dev_null(tmp_path: Path) -> None:
 
 def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
     runtime = OciRuntime("fake", str(tmp_path / "absent"), str(tmp_path / "root"))
-    with pytest.raises(FailedPrecondition, match="cannot run the OCI runtime .*absent"):
+    with pytest.raises(FailedPrecondition, match=r"cannot run the OCI runtime .*absent"):
         asyncio.run(runtime.start("c1"))
