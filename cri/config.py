@@ -21,6 +21,8 @@ import msgspec
 from msgspec import Meta, Struct, field
 from msgspec.structs import force_setattr
 
+from cri.errors import QUOTE_LIMIT
+
 DEFAULT_CONFIG_PATH = "/etc/crid/config.toml"
 
 _S = TypeVar("_S", bound="_Section")
@@ -309,9 +311,24 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path and key else path or key
 
 
+def _bare(tp: Any) -> Any:
+    return get_args(tp)[0] if get_origin(tp) is Annotated else tp
+
+
 def _struct_type(tp: Any) -> type[Struct] | None:
-    tp = get_args(tp)[0] if get_origin(tp) is Annotated else tp
+    tp = _bare(tp)
     return tp if isinstance(tp, type) and issubclass(tp, Struct) else None
+
+
+def _table_of(tp: Any) -> type[Struct] | None:
+    """The section type of a table of sections (``dict[str, HandlerConfig]``), else None."""
+    tp = _bare(tp)
+    return _struct_type(get_args(tp)[1]) if get_origin(tp) is dict else None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}… ({len(text)} characters)"
 
 
 def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
@@ -321,11 +338,11 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     except msgspec.ValidationError as exc:
         # "Expected `int` >= 1 - at `$[2]`": the location goes to the key
         message, _, where = str(exc).partition(" - at `$")
-        choices = get_args(get_args(tp)[0] if get_origin(tp) is Annotated else tp)
+        choices = get_args(_bare(tp))
         if message.startswith("Invalid enum value") and choices:
             message = "must be one of " + ", ".join(repr(c) for c in choices)
         if ", got " not in message:
-            message += f" (got {value!r})"
+            message += f" (got {_shown(value)})"
         problems.append(f"{key}{where.rstrip('`')}: {message}")
         return None
 
@@ -333,7 +350,7 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
 def _build(cls: type[_S], data: Any, path: str, problems: list[str]) -> _S | None:
     """``data`` as a ``cls``; every problem found is appended to ``problems``, not only the first."""
     if not isinstance(data, dict):
-        problems.append(f"{path or '(top level)'}: must be a table (got {data!r})")
+        problems.append(f"{path or '(top level)'}: must be a table (got {_shown(data)})")
         return None
     before = len(problems)
     fields = msgspec.structs.fields(cls)
@@ -346,12 +363,12 @@ def _build(cls: type[_S], data: Any, path: str, problems: list[str]) -> _S | Non
             if f.required:
                 problems.append(f"{key}: required key is missing")
             continue
-        value, sub = data[f.name], _struct_type(f.type)
+        value, sub, table_of = data[f.name], _struct_type(f.type), _table_of(f.type)
         if sub is not None:
             values[f.name] = _build(sub, value, key, problems)
-        elif f.name == "handlers":  # the one table of tables
+        elif table_of is not None:
             tables = _convert(value, dict[str, dict[str, Any]], key, problems) or {}
-            values[f.name] = {name: _build(HandlerConfig, t, f"{key}.{name}", problems) for name, t in tables.items()}
+            values[f.name] = {name: _build(table_of, t, f"{key}.{name}", problems) for name, t in tables.items()}
         else:
             values[f.name] = _convert(value, f.type, key, problems)
     if len(problems) > before:

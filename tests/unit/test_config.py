@@ -98,6 +98,11 @@ def test_bad_config_messages(text: str, expected: str) -> None:
     assert expected in message
 
 
+def test_a_long_bad_value_is_cut_in_the_message() -> None:
+    message = _error(f"[log]\nlevel = '{'x' * 5000}'")
+    assert "(5002 characters)" in message and len(message) < 400
+
+
 def test_every_problem_is_reported_at_once() -> None:
     message = _error("a = 1\n[log]\nlevel = 'loud'")
     assert "a: unknown key" in message and "log.level" in message
