@@ -367,7 +367,7 @@ def _build(cls: type[_S], data: Any, path: str, problems: list[str]) -> _S | Non
         if sub is not None:
             values[f.name] = _build(sub, value, key, problems)
         elif table_of is not None:
-            tables = _convert(value, dict[str, dict[str, Any]], key, problems) or {}
+            tables = _convert(value, dict[str, Any], key, problems) or {}
             values[f.name] = {name: _build(table_of, t, f"{key}.{name}", problems) for name, t in tables.items()}
         else:
             values[f.name] = _convert(value, f.type, key, problems)

@@ -78,6 +78,7 @@ def _error(text: str) -> str:
         ("[cni]\nbin_dirs = ['/a', 2]", "cni.bin_dirs[1]: Expected `str`, got `int`"),
         ("grpc = 1", "grpc: must be a table (got 1)"),
         ("[runtime]\nhandlers = 1", "runtime.handlers: Expected `object`, got `int`"),
+        ("[runtime.handlers]\nrunc = 5", "runtime.handlers.runc: must be a table (got 5)"),
         ("[metrics]\naddress = 'nowhere'", "metrics.address: must be HOST:PORT"),
         ("[metrics]\naddress = 'example.com:80'", "host must be an IP address"),
         ("[streaming]\naddress = '127.0.0.1:99999'", "streaming.address: port 99999 is out of range"),
