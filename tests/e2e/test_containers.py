@@ -342,6 +342,17 @@ def test_exec_sync(pod: Pod) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_no_fd_of_crid_reaches_the_container(pod: Pod) -> None:
+    """The runtime is handed a memfd at fd 3 (its log, an exec's process file): neither the
+    container's process nor an exec'd command may inherit it, or any other fd of crid's."""
+    cid = pod.run("fds", ["sleep", "600"])
+    info = pod.d.client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True)).info
+    pid = int(json.loads(info["info"])["pid"])
+    assert sorted(os.listdir(f"/proc/{pid}/fd"), key=int) == ["0", "1", "2"]
+    r = pod.exec(cid, ["sh", "-c", "ls /proc/$$/fd; true"])  # the shell's own fds, not ls's
+    assert (r.exit_code, r.stdout.split()) == (0, [b"0", b"1", b"2"]), r.stderr
+
+
 def _exe(pid: int) -> str:
     try:
         return os.readlink(f"/proc/{pid}/exe")
