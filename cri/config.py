@@ -76,8 +76,6 @@ def _check(section: Struct, key: str, check: Callable[[Any], Any]) -> None:
     """Run a key's check, keeping the value it returns (a normalized path)."""
     try:
         force_setattr(section, key, check(getattr(section, key)))
-    except _Invalid:
-        raise
     except ValueError as exc:
         raise _Invalid(key, str(exc)) from None
 
@@ -421,17 +419,17 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def _description(section: type[Struct], key: str) -> str | None:
-    hint = get_type_hints(section, include_extras=True)[key]
+def _description(hint: Any) -> str | None:
     return next((m.description for m in getattr(hint, "__metadata__", ()) if isinstance(m, Meta)), None)
 
 
 def _render_section(section: Struct, table: str, out: list[str]) -> None:
     nested: list[tuple[str, Struct, str | None]] = []
+    hints = get_type_hints(type(section), include_extras=True)
     for name in section.__struct_fields__:
         value = getattr(section, name)
         path = f"{table}.{name}" if table else name
-        description = _description(type(section), name)
+        description = _description(hints[name])
         if isinstance(value, Struct):
             nested.append((path, value, description))
         elif isinstance(value, dict):
