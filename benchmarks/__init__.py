@@ -13,7 +13,8 @@
 - ``harness``: starts the registry and the daemons (each with its own CNI
   bridge network), runs the workloads A/B, stops and removes everything.
 - ``containerd``: a containerd on temporary dirs; ``oci``: the runc/crun floor.
-- The other floors: ``monitor_floor`` (conmon + runc), ``pod_network_floor``
+- The other floors: ``monitor_floor`` (conmon + runc), ``spec_floor`` (runc, alone and
+  under conmon, on the config.json each runtime generated for its container), ``pod_network_floor``
   (a netns and its CNI plugins), ``pull_floor`` (download, decompress, hash,
   untar, store), ``grpc_floor`` (a bare grpc.aio server). ``commands`` runs
   their commands and waits for them without polling.

@@ -87,6 +87,7 @@ class CriTarget:
     cgroup_parent: str  # cgroupfs parent for the pods a workload makes, removed at teardown
     content_dir: Path  # where its content store keeps blobs by hex digest
     snapshots_dir: Path  # where its unpacked layers live, one numbered dir each
+    bundles_dir: Path  # where its containers' OCI bundles are, one dir per container id (containerd's once started)
     socket: str = ""  # its CRI socket
     # stops the daemon (SIGTERM: its containers keep running), starts it again without waiting
     # for it and returns the time.perf_counter() of the start; pid and client then are the new one's

@@ -127,6 +127,7 @@ def select(names: list[str] | None) -> list[Workload[Any]]:
     import benchmarks.monitor_floor
     import benchmarks.node_workloads
     import benchmarks.pull_floor
+    import benchmarks.spec_floor
     import benchmarks.stats_workloads
     import benchmarks.workloads  # noqa: F401
 
@@ -309,6 +310,7 @@ class Bench:
             f"/{self.cgroup_name}/crid",
             content_dir=root / "content" / "blobs" / "sha256",
             snapshots_dir=root / "snapshots",
+            bundles_dir=Path(crid.state) / "containers",
             socket=crid.socket,
         )
         self.cri["crid"].restart = lambda: self._restart_crid(crid)
@@ -330,6 +332,7 @@ class Bench:
             f"/{self.cgroup_name}/containerd",
             content_dir=containerd.content_dir,
             snapshots_dir=containerd.snapshots_dir,
+            bundles_dir=containerd.state / "io.containerd.runtime.v2.task" / "k8s.io",
             socket=containerd.socket,
         )
         self.cri["containerd"].restart = lambda: self._restarted("containerd", containerd, containerd.restart())

@@ -43,6 +43,7 @@ from benchmarks.core import (
 )
 from cri.api.v1 import api_pb2 as pb
 from cri.images.layer_process import ZYGOTE_IDLE_SECONDS
+from cri.runtime.spec.build import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
 
 WARMUP = 10  # untimed calls before the timed ones of a latency workload
 RSS_INTERVAL = 0.02  # seconds between two RSS samples
@@ -573,7 +574,15 @@ def create_container(
         command=list(args),
         log_path=f"{name}.log",  # relative to the pod's log_directory
         labels={"app": "crid-bench"},
-        linux=pb.LinuxContainerConfig(),
+        # what kubelet sends for a container of such a pod: the pod's namespaces, and its securitycontext
+        # package's paths for the Default procMount (crid's defaults too; containerd masks nothing without)
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD),
+                masked_paths=list(DEFAULT_MASKED_PATHS),
+                readonly_paths=list(DEFAULT_READONLY_PATHS),
+            )
+        ),
     )
     req = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_cfg)
     return str(t.client.runtime.CreateContainer(req, timeout=RPC_TIMEOUT).container_id)

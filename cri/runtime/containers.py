@@ -7,8 +7,8 @@ container_exits.py; ExecSync is exec_sync.py, Exec exec_session.py, usage sampli
 
 import asyncio
 import contextlib
+import functools
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -23,6 +23,7 @@ from cri.images.manager import Images
 from cri.log import fields
 from cri.runtime import checkpoint, idmap, monitor, userns
 from cri.runtime.attach import attach as attach_stdio
+from cri.runtime.bundle import BundleDirs, Mount, make_bundle, read_json
 from cri.runtime.container_exits import Exits, exited, wait_for_file
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.events import EventBus, Kind
@@ -36,6 +37,7 @@ from cri.runtime.pods import Pods
 from cri.runtime.sandbox_store import Sandbox
 from cri.runtime.sandbox_store import State as PodState
 from cri.runtime.spec import SpecInputs, signal_number, stop_signal, update_resources
+from cri.runtime.spec.types import Spec
 from cri.runtime.stats import Usage, UsageSampler
 from cri.runtime.stdio import Stdio
 from cri.runtime.system import System
@@ -174,41 +176,10 @@ class Containers:
         image = self.images.meta.images.get(c.image_id)
         if image is None:
             raise NotFound(f"image {c.image_id} was removed")
-        bundle, persist = self.bundle(c.id), self.persist(c.id)
-        rootfs = os.path.join(bundle, "rootfs")
-        upper, work = os.path.join(persist, "upper"), os.path.join(persist, "work")
-        for d in (rootfs, work):
-            os.makedirs(d, mode=0o700, exist_ok=True)
-        os.makedirs(
-            upper, mode=0o755, exist_ok=True
-        )  # the container's "/" takes this mode: users other than root enter it
+        dirs = BundleDirs(self.bundle(c.id), self.persist(c.id))
         opts = sb.config.linux.security_context.namespace_options
         ids = userns.container_mapping(c.config.linux.security_context.namespace_options, opts)
-        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts (and releases idmap/) if we die
-        faults.step("CreateContainer.rootfs_recorded")
-        mapdir = os.path.join(bundle, "idmap")
-        if ids is None:
-            await asyncio.to_thread(self.images.mount_rootfs, image, rootfs, upper, work)
-        else:
-            root, layers = (ids.uid.to_host(0), ids.gid.to_host(0)), self.images.snapshot_dirs(image)
-            await asyncio.to_thread(
-                idmap.mount_rootfs, layers, rootfs, upper, work, mapdir, sb.namespaces["user"], root
-            )
-        faults.step("CreateContainer.rootfs_mounted")
         image_config = self.images.config_of(image)
-        pid_ns = ""
-        cpid = c.config.linux.security_context.namespace_options
-        if cpid.pid == pb.POD and sb.infra_pid > 0:
-            if not self.system.same_process(sb.infra_pid, sb.infra_start):
-                raise FailedPrecondition(
-                    f"the infra process of pod {sb.id} is gone: its PID namespace cannot be joined"
-                )
-            pid_ns = f"/proc/{sb.infra_pid}/ns/pid"
-        elif cpid.pid == pb.TARGET:
-            target = self.store.find(cpid.target_id)
-            if target is None or not self.system.same_process(target.pid, target.pid_start):
-                raise NotFound(f"target container {cpid.target_id!r} for the PID namespace is not running")
-            pid_ns = f"/proc/{target.pid}/ns/pid"
         cg = sb.config.linux.cgroup_parent.rstrip("/")
         # without a pod cgroup, a top-level leaf that `runtime delete` removes whole
         c.cgroups_path = f"{cg}/{c.id}" if cg else f"/crid-{c.id}"
@@ -217,9 +188,9 @@ class Containers:
             config=await self.volumes.resolve(sb.id, c.config),
             sandbox_config=sb.config,
             image_config=image_config,
-            rootfs=rootfs,
+            rootfs=dirs.rootfs,
             namespaces=dict(sb.namespaces),
-            pid_namespace=pid_ns,
+            pid_namespace=self._pid_namespace(c, sb),
             sandbox_dir=self.pods.files_dir(sb),
             shm=sb.shm if opts.ipc != pb.NODE else "",
             cgroups_path=c.cgroups_path,
@@ -229,22 +200,31 @@ class Containers:
             image_name=c.image_name,
             rro_supported=self.handlers.supports_rro(c.handler),
         )
-        spec = await asyncio.to_thread(self.system.build_spec, inputs)
-        if ids is not None:
-            await asyncio.to_thread(idmap.bind_sources, spec["mounts"], mapdir, sb.namespaces["user"])
+        mount: Mount = functools.partial(self.images.mount_rootfs, image)
+        finish = None
+        if ids is not None:  # idmapped layers, and bind mount sources, for the pod's user namespace
+            userns_path, layers = sb.namespaces["user"], self.images.snapshot_dirs(image)
+            root = (ids.uid.to_host(0), ids.gid.to_host(0))
+            mount = functools.partial(idmap.mount_rootfs, layers, mapdir=dirs.idmap, userns_path=userns_path, root=root)
+
+            def finish(spec: Spec) -> None:
+                idmap.bind_sources(spec["mounts"], dirs.idmap, userns_path)
+
+        self.store.update(c, rootfs_mounted=True)  # recorded first: recovery unmounts (and releases idmap/) if we die
+        faults.step("CreateContainer.rootfs_recorded")
+        spec = await asyncio.to_thread(make_bundle, dirs, mount, self.system.build_spec, inputs, finish)
         c.stop_signal = stop_signal(image_config, c.config.stop_signal)
         user = spec.get("process", {}).get("user", {})
         c.uid, c.gid, c.groups = user.get("uid", 0), user.get("gid", 0), list(user.get("additionalGids", []))
-        await asyncio.to_thread(_write_json, os.path.join(bundle, "config.json"), spec)
         if c.log_path:
             os.makedirs(os.path.dirname(c.log_path), exist_ok=True)
         c.pid = await self.handlers.runtime(c.handler).create(
             monitor.MonitorSpec(
                 container_id=c.id,
-                bundle=bundle,
+                bundle=dirs.bundle,
                 log_path=c.log_path,
                 exit_dir=self.exits.watcher.directory,
-                persist_dir=os.path.join(persist, "monitor"),
+                persist_dir=os.path.join(dirs.persist, "monitor"),
                 socket_dir=os.path.join(self.config.state_dir, "attach"),
                 tty=c.config.tty,
                 stdin=c.config.stdin,
@@ -253,6 +233,22 @@ class Containers:
         )
         c.pid_start = self.system.start_time(c.pid)
         faults.step("CreateContainer.runtime_created")
+
+    def _pid_namespace(self, c: Container, sb: Sandbox) -> str:
+        """The PID namespace file the container joins ("" = a new one)."""
+        cpid = c.config.linux.security_context.namespace_options
+        if cpid.pid == pb.POD and sb.infra_pid > 0:
+            if not self.system.same_process(sb.infra_pid, sb.infra_start):
+                raise FailedPrecondition(
+                    f"the infra process of pod {sb.id} is gone: its PID namespace cannot be joined"
+                )
+            return f"/proc/{sb.infra_pid}/ns/pid"
+        if cpid.pid == pb.TARGET:
+            target = self.store.find(cpid.target_id)
+            if target is None or not self.system.same_process(target.pid, target.pid_start):
+                raise NotFound(f"target container {cpid.target_id!r} for the PID namespace is not running")
+            return f"/proc/{target.pid}/ns/pid"
+        return ""
 
     # --- start --------------------------------------------------------------------
 
@@ -418,7 +414,7 @@ class Containers:
         c = self.store.get(cid)
         if c.state not in (State.CREATED, State.RUNNING):
             raise FailedPrecondition(f"container {c.id} is {c.state.value}: resources can only change while it runs")
-        spec = await asyncio.to_thread(_read_json, os.path.join(self.bundle(c.id), "config.json"))
+        spec = await asyncio.to_thread(read_json, os.path.join(self.bundle(c.id), "config.json"))
         doc = update_resources(spec, resources)
         await self.handlers.runtime(c.handler).update(c.id, doc, self.bundle(c.id))
         self.store.update(c, resources=resources.SerializeToString())
@@ -484,17 +480,3 @@ class Containers:
             elif c.state in (State.CREATED, State.RUNNING):
                 await checkpoint.recover(self.handlers.runtime(c.handler), c, self.persist(c.id))
                 await self.exits.reconcile(c, self.bundle(c.id))
-
-
-def _write_json(path: str, doc: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.rename(tmp, path)
-
-
-def _read_json(path: str) -> dict[str, object]:
-    with open(path) as f:
-        doc = json.load(f)
-    assert isinstance(doc, dict)
-    return doc
