@@ -1,24 +1,29 @@
 """The floors of a CRI server in Python: a bare grpc.aio server
 (benchmarks/grpc_floor_server.py) answering Version with bytes serialized
-once, no wrapper, no logging, no metrics, no crid code. Its rows put that
-server in crid's column and containerd in its own, so the ratio says how much
-of crid's figure is grpc.aio itself: the Version round trip, ListContainers
-with the bytes of crid's own 100-container reply, and the idle RSS, of the bare server and of
-the same server with the libraries crid is built on imported (the floor of a daemon made of
-those parts).
+once, no wrapper, no logging, no metrics, no crid code.
+
+The round trips are timed call by call in turns with the runtime's own (the runtime, the bare
+server, the runtime, ...), so that the machine's drift, which moves a p50 by 10 % from one
+workload to the next here, hits both alike: Version, and ListContainers of the bytes of the
+runtime's own 100-container reply. Each runtime's column then says how far it is from that
+server beside it.
+
+The idle RSS rows put the bare server in crid's column and containerd in its own: the bare
+server, and the same server with the libraries crid is built on imported (the floor of a
+daemon made of those parts).
 """
 
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 
-from benchmarks.core import CriTarget, Params, cri_workload
-from benchmarks.workloads import LIST_100_RPCS, hundred_containers, list_containers_100, rss_samples, timed
+from benchmarks.core import CriTarget, Params, Row, RowSamples, cri_rows_workload, cri_workload
+from benchmarks.workloads import LIST_100_RPCS, WARMUP, hundred_containers, rss_samples
 from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 
@@ -53,38 +58,58 @@ def floor_server(workdir: Path, list_reply: bytes = b"", libraries: bool = False
         proc.wait()
 
 
-def _floor_samples(workdir: Path, count: int, list_reply: bytes = b"") -> list[float]:
-    """Version (or, given ``list_reply``, ListContainers) against the bare server, ``count`` times."""
-    with floor_server(workdir, list_reply) as (client, _):
-        if list_reply:
-            listing = pb.ListContainersRequest()
-            return timed(lambda: client.runtime.ListContainers(listing), count)
-        req = pb.VersionRequest(version="0.1.0")
-        return timed(lambda: client.runtime.Version(req), count)
+def alternated(calls: dict[str, Callable[[], object]], count: int) -> RowSamples:
+    """``count`` timed calls of each, call by call in turns (the first one first in every other
+    turn), so that what drifts on this machine hits each the same; {key: samples}."""
+    keys = list(calls)
+    timings: dict[str, list[float]] = {key: [] for key in keys}
+    for _ in range(min(WARMUP, count)):
+        for key in keys:
+            calls[key]()
+    for i in range(count):
+        for key in keys if i % 2 == 0 else keys[::-1]:
+            t0 = time.perf_counter()
+            calls[key]()
+            timings[key].append(time.perf_counter() - t0)
+    return {key: samples for key, samples in timings.items()}
 
 
-@cri_workload("version_floor", "Version round trip: a bare grpc.aio server in crid's column (the floor)", count=2000)
-def version_floor(t: CriTarget, p: Params) -> list[float]:
-    if t.name != "crid":
-        req = pb.VersionRequest(version="0.1.0")
-        return timed(lambda: t.client.runtime.Version(req), p.count)
-    return _floor_samples(p.workdir, p.count)
+@cri_rows_workload(
+    "version_floor",
+    (
+        Row("own", "CRI Version round trip, call by call alternated with a bare grpc.aio server's"),
+        Row("floor", "floor: Version round trip of that bare grpc.aio server (the same server in both columns)"),
+    ),
+    count=1000,
+)
+def version_floor(t: CriTarget, p: Params) -> RowSamples:
+    req = pb.VersionRequest(version="0.1.0")
+    with floor_server(p.workdir) as (floor, _):
+        return alternated(
+            {"own": lambda: t.client.runtime.Version(req), "floor": lambda: floor.runtime.Version(req)}, p.count
+        )
 
 
-@cri_workload(
+@cri_rows_workload(
     "list_containers_100_floor",
-    "ListContainers, 100 containers: the bare grpc.aio server with crid's reply in crid's column (the floor)",
+    (
+        Row("own", "ListContainers, 100 containers, call by call alternated with the bare server's"),
+        Row("floor", "floor: ListContainers of the runtime's own 100-container reply from a bare grpc.aio server"),
+    ),
     count=200,
     runs=2,
     rpcs=LIST_100_RPCS,
     needs_images=True,
 )
-def list_containers_100_floor(t: CriTarget, p: Params) -> list[float]:
-    if t.name != "crid":
-        return list_containers_100(t, p)
-    with hundred_containers(t, p):  # crid's own reply, serialized as it sends it
-        reply = t.client.runtime.ListContainers(pb.ListContainersRequest(), timeout=60).SerializeToString()
-    return _floor_samples(p.workdir, p.count, reply)
+def list_containers_100_floor(t: CriTarget, p: Params) -> RowSamples:
+    req = pb.ListContainersRequest()
+    with hundred_containers(t, p):
+        reply = t.client.runtime.ListContainers(req, timeout=60).SerializeToString()  # as the runtime sends it
+        with floor_server(p.workdir, reply) as (floor, _):
+            own, bare = t.client.runtime, floor.runtime
+            return alternated(
+                {"own": lambda: own.ListContainers(req), "floor": lambda: bare.ListContainers(req)}, p.count
+            )
 
 
 @cri_workload(

@@ -81,8 +81,10 @@ def test_every_workload_once(workdir: Path) -> None:
         "pod_lifecycle_parallel.remove",
         "rss_20_pods.daemon",
         "rss_20_pods.per_pod_rss",
-        "version_floor",
-        "list_containers_100_floor",
+        "version_floor.own",  # call by call in turns with the bare server
+        "version_floor.floor",
+        "list_containers_100_floor.own",
+        "list_containers_100_floor.floor",
         "rss_idle_floor",
         "rss_idle_libraries_floor",
         "node.run_110",
@@ -107,6 +109,9 @@ def test_every_workload_once(workdir: Path) -> None:
     assert by_name["floor_conmon_create_start"].outcomes["runc"].status == "ok"  # crid's conmon line, by hand
     assert by_name["floor_exec"].outcomes["runc"].status == "ok"
     assert by_name["floor_exec_sealed"].outcomes["runc"].status == "ok"  # the copy crid runs, by hand
+    for name in ("version_floor", "list_containers_100_floor"):  # as many calls of the runtime as of the floor
+        own, floor = (by_name[f"{name}.{row}"].outcomes["crid"].samples for row in ("own", "floor"))
+        assert len(own) == len(floor) == 2, name
     # the floor server with crid's libraries imported is the bare one and those libraries
     bare, with_libraries = (by_name[n].outcomes["crid"].samples for n in ("rss_idle_floor", "rss_idle_libraries_floor"))
     assert min(with_libraries) > max(bare) + 2 * 1024 * 1024
