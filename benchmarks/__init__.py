@@ -16,7 +16,7 @@
 - The other floors: ``monitor_floor`` (conmon + runc), ``spec_floor`` (runc, alone and
   under conmon, on the config.json each runtime generated for its container), ``pod_network_floor``
   (a netns and its CNI plugins), ``pull_floor`` (download, decompress, hash,
-  untar, store), ``grpc_floor`` (a bare grpc.aio server). ``commands`` runs
-  their commands and waits for them without polling.
+  untar, store), ``grpc_floor`` (a bare grpc.aio server, its round trips timed in turns with the
+  runtime's own). ``commands`` runs their commands and waits for them without polling.
 - ``report``: results.json, results.md, samples.json, latency.png.
 """

@@ -12,10 +12,11 @@ the floors are measured at each count too, beside the runtime's pods:
 ``runc create`` + ``runc start`` of the floor's busybox bundle, ``runc
 exec`` of true into a running container of it, ``runc kill`` + ``runc
 delete`` of one, a pod's network made and removed by hand
-(benchmarks/pod_network_floor.py), and the runtime's own ListPodSandbox
-reply served by the bare grpc.aio server (benchmarks/grpc_floor.py). At 110 pods: the daemon's
-RSS and CPU while idle, its CPU under kubelet's 1 s poll of ListPodSandbox +
-ListContainers + ListContainerStats, and a restart: the time from starting
+(benchmarks/pod_network_floor.py), and the runtime's own ListPodSandbox and
+ListContainers replies served by the bare grpc.aio server
+(benchmarks/grpc_floor.py). At 110 pods: the daemon's RSS and CPU while idle,
+its CPU under kubelet's 1 s poll of ListPodSandbox + ListContainers +
+ListContainerStats, and a restart: the time from starting
 the daemon again to Version answering and to both lists being complete.
 
 A smoke run (tiny counts) stops at 1 to 4 pods and shortens the CPU windows.
@@ -26,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import grpc
 import psutil
@@ -73,6 +75,7 @@ OPS = (
     ("floor_exec", "floor: `runc exec` of true beside the pods"),
     ("floor_stop", "floor: `runc kill` (KILL) + its exit + `runc delete` beside the pods"),
     ("floor_list_pods", "floor: ListPodSandbox of this runtime's own reply from a bare grpc.aio server"),
+    ("floor_list_containers", "floor: ListContainers of this runtime's own reply from a bare grpc.aio server"),
     ("floor_network_add", "floor: `ip netns add` + CNI ADD (loopback, bridge, portmap) beside the pods"),
     ("floor_network_del", "floor: CNI DEL + `ip netns delete` beside the pods"),
 )
@@ -137,10 +140,13 @@ class _Floor:
             _append(out, f"floor_network_add_{n}", self.network.add(netns))
             _append(out, f"floor_network_del_{n}", self.network.delete(netns))
         out[f"floor_exec_{n}"] = oci.exec_samples(oci.RUNC, self.root, self.sleeper, f"exec-{tag}", self.p.count)
-        listing = pb.ListPodSandboxRequest()
-        reply = t.client.runtime.ListPodSandbox(listing, timeout=RPC_TIMEOUT).SerializeToString()
-        with floor_server(self.p.workdir, reply) as (client, _):
-            out[f"floor_list_pods_{n}"] = timed(lambda: client.runtime.ListPodSandbox(listing), self.p.count, warmup)
+        for key, method, listing in (
+            ("floor_list_pods", "ListPodSandbox", pb.ListPodSandboxRequest()),
+            ("floor_list_containers", "ListContainers", pb.ListContainersRequest()),
+        ):  # the bare server answers either with the reply it was given
+            reply = getattr(t.client.runtime, method)(listing, timeout=RPC_TIMEOUT).SerializeToString()
+            with floor_server(self.p.workdir, reply) as (client, _):
+                out[f"{key}_{n}"] = timed(partial(getattr(client.runtime, method), listing), self.p.count, warmup)
 
     def clean(self) -> None:
         delete_oci_containers(oci.RUNC, self.root)  # what an interrupted measurement left

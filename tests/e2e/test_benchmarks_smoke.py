@@ -96,6 +96,7 @@ def test_every_workload_once(workdir: Path) -> None:
         "node.floor_network_del_110",
         "node.floor_stop_110",
         "node.floor_list_pods_110",
+        "node.floor_list_containers_110",
         "node.cpu_poll",
         "node.restart_lists",
         "floor_own_spec.runc",  # each runtime's own config.json, run by hand
