@@ -3,6 +3,13 @@
 A plugin runs in its own session so that a timeout kills it together with
 whatever it started (a delegated IPAM plugin, iptables). Errors carry the
 plugin's own message from the JSON error it prints on stdout.
+
+A plugin must not outlive a killed crid unnoticed: an orphaned ADD would race
+the DEL that recovery runs for the half-made pod, and reserve an address
+nobody releases. Each plugin's environment names the CNI cache it works for
+(``OWNER_ENV``, inherited by what it starts), and the restarted daemon kills
+every process so marked before it recovers (``kill_orphans``): nothing to pay
+per plugin, and no window between the spawn and the mark.
 """
 
 import asyncio
@@ -10,13 +17,14 @@ import contextlib
 import json
 import logging
 import os
-import shutil
+import select
 import signal
 from dataclasses import dataclass
 from typing import Any
 
 from cri.errors import CridError, FailedPrecondition, Unavailable
 from cri.log import fields
+from cri.runtime.child import Child
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +33,9 @@ CONFIG_ERROR_CODES = frozenset({1, 2, 7})  # incompatible version, unsupported f
 OUTPUT_TAIL = 2000
 # Plugins need iptables, ip and friends even when crid's own PATH is minimal.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OWNER_ENV = "CRID_CNI_CACHE"  # the CNI cache a plugin works for: what a restarted crid looks for
+OUTPUT_LIMIT = 16 * 1024 * 1024  # of a plugin's stdout and of its stderr; a result is a few KiB
+ORPHAN_EXIT_WAIT = 5.0  # seconds for a killed orphan to be gone
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class Invocation:
     ifname: str = ""
     args: str = ""  # CNI_ARGS
     path: str = ""  # CNI_PATH
+    owner: str = ""  # the CNI cache dir, as OWNER_ENV
 
 
 class PluginFailed(Unavailable):
@@ -65,6 +77,8 @@ def environment(inv: Invocation) -> dict[str, str]:
         CNI_ARGS=inv.args,
         CNI_PATH=inv.path,
     )
+    if inv.owner:
+        env[OWNER_ENV] = inv.owner
     return env
 
 
@@ -98,12 +112,6 @@ def _failure(label: str, returncode: int, stdout: bytes, stderr: bytes) -> CridE
     return PluginFailed(f"{label} failed (exit status {returncode}): {output}")
 
 
-# A plugin dies with crid (util-linux's setpriv sets PR_SET_PDEATHSIG, kept across exec): an ADD
-# orphaned by a killed daemon must not race the DEL that recovery runs for the half-made pod.
-_SETPRIV = shutil.which("setpriv")
-_DIE_WITH_CRID = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
-
-
 async def run_plugin(binary: str, plugin: str, inv: Invocation, stdin: bytes, time_limit: float) -> Any:
     """Run one plugin and return its parsed stdout (None when it printed nothing).
 
@@ -113,35 +121,60 @@ async def run_plugin(binary: str, plugin: str, inv: Invocation, stdin: bytes, ti
     """
     label = f"CNI plugin {plugin} ({inv.command})"
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *_DIE_WITH_CRID,
-            binary,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=environment(inv),
-            cwd="/",
-            start_new_session=True,
-        )
+        child = Child([binary], OUTPUT_LIMIT, stdin=stdin, env=environment(inv), setsid=True)
     except OSError as e:
         raise PluginFailed(f"{label}: cannot run {binary}: {e.strerror}") from None
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), time_limit)
+        returncode = await asyncio.wait_for(child.communicate(), time_limit)
     except TimeoutError:
-        _kill_group(proc.pid)
-        await proc.wait()
+        _kill_group(child.pid)
+        await child.wait()
         raise PluginFailed(f"{label} did not finish within {time_limit:g}s and was killed") from None
     except asyncio.CancelledError:
         # the caller gave up: leave no plugin running unattended
-        _kill_group(proc.pid)
+        _kill_group(child.pid)
         raise
+    finally:
+        child.close()
+    (stdout, _), (stderr, _) = child.output(1), child.output(2)
     if stderr:
         log.debug("CNI plugin stderr", extra=fields(plugin=plugin, command=inv.command, stderr=_tail(stderr)))
-    if proc.returncode != 0:
-        raise _failure(label, proc.returncode or 0, stdout, stderr)
+    if returncode != 0:
+        raise _failure(label, returncode, stdout, stderr)
     if not stdout.strip():
         return None
     try:
         return json.loads(stdout)
     except ValueError:
         raise PluginFailed(f"{label} printed something that is not JSON: {_tail(stdout)}") from None
+
+
+def kill_orphans(owner: str, proc: str = "/proc") -> list[int]:
+    """SIGKILL every process whose environment marks it as working for the CNI cache ``owner``
+    (plugins a killed crid left running, and what they started), with their process groups,
+    and wait until they are gone. Blocking; for the start, before any plugin of ours runs.
+    Returns their pids."""
+    marker = f"{OWNER_ENV}={owner}".encode()
+    found = []
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread
+    for pid in found:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            _kill_group(pid)  # a plugin leads its own session; what it started is in its group
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], ORPHAN_EXIT_WAIT)  # readable once it has exited
+        finally:
+            os.close(pidfd)
+    return found

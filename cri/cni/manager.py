@@ -24,7 +24,7 @@ from cri import faults
 from cri.cni.cache import CacheEntry, ResultCache, check_pod_id
 from cri.cni.config import ConfigError, ConfigSource, NetworkConfigList, PluginConf, find_plugin, parse_conflist
 from cri.cni.config import version_tuple as _version
-from cri.cni.invoke import Invocation, PluginFailed, run_plugin
+from cri.cni.invoke import Invocation, PluginFailed, kill_orphans, run_plugin
 from cri.cni.result import ResultError, convert, normalize, pod_ips
 from cri.conditions import Condition
 from cri.errors import CridError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -199,6 +199,7 @@ class CniManager:
         self.plugin_timeout = plugin_timeout
         self._source = ConfigSource(conf_dir)
         self._cache = ResultCache(cache_dir)
+        self._owner = os.path.abspath(cache_dir)  # marks our plugins (invoke.OWNER_ENV)
         self._locks = KeyedLocks()
         self._results: dict[str, NetworkResult] = {}  # cached() answers, filled from disk once per pod
         self._pod_cidrs: tuple[str, ...] = ()
@@ -256,7 +257,7 @@ class CniManager:
         net, bins = await asyncio.to_thread(self._ready_network)
         stdin = json.dumps({"cniVersion": net.cni_version}).encode()
         for name, binary in bins.items():
-            out = await run_plugin(binary, name, Invocation("VERSION"), stdin, self.plugin_timeout)
+            out = await run_plugin(binary, name, Invocation("VERSION", owner=self._owner), stdin, self.plugin_timeout)
             supported = out.get("supportedVersions") if isinstance(out, dict) else None
             if not isinstance(supported, list):
                 raise Unavailable(f"CNI plugin {name} ({binary}) gave no supportedVersions to VERSION")
@@ -276,6 +277,7 @@ class CniManager:
             ifname=entry.ifname,
             args=entry.cni_args,
             path=":".join(self.bin_dirs),
+            owner=self._owner,
         )
 
     async def _add(
@@ -451,7 +453,11 @@ class CniManager:
         return result
 
     async def clear_partial_writes(self) -> None:
-        """At startup, before anything writes the cache: drop what a killed daemon's writes left."""
+        """At startup, before any plugin runs and anything writes the cache: kill the plugins a killed
+        daemon left running (they would race the recovery's DEL), drop what its writes left."""
+        killed = await asyncio.to_thread(kill_orphans, self._owner)
+        if killed:
+            log.warning("killed CNI plugins a killed crid left running", extra=fields(pids=killed))
         await asyncio.to_thread(self._cache.clear_tmp_sync)
 
     async def cached_pods(self) -> list[str]:

@@ -1,6 +1,7 @@
 """Pod sandboxes end to end: a real crid, real CNI plugins (bridge, host-local,
 portmap from containernetworking-plugins), runc and catatonit."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 
 from cri.api.v1 import api_pb2 as pb
@@ -364,6 +366,16 @@ def test_retry_after_client_deadline_gets_the_same_pod(crid: CridProcess, networ
     stop_and_remove(crid, pod_id)
 
 
+def _plugins_running(network: Network) -> list[int]:
+    """Processes started as CNI plugins of this test's network (their environment says so)."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if str(network.bin_dir) in proc.environ().get("CNI_PATH", ""):
+                found.append(proc.pid)
+    return found
+
+
 def test_sigkill_during_run_then_restart(crid: CridProcess, network: Network) -> None:
     before = run_pod(crid, pod_config("survivor"))
     old_status, _ = pod_status(crid, before)
@@ -382,7 +394,9 @@ def test_sigkill_during_run_then_restart(crid: CridProcess, network: Network) ->
     crid.proc.wait()
     t.join()
     network.delay(0)
+    assert _plugins_running(network), "precondition: the slow plugin outlives the SIGKILL, as it would anywhere"
     crid.start()
+    assert _plugins_running(network) == [], "the restarted crid left the killed one's plugin running"
     listed = crid.client.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert [p.id for p in listed] == [before]
     status, _ = pod_status(crid, before)

@@ -1,6 +1,6 @@
 """Fake CNI plugins for tests: small Python scripts written into a bin dir.
 
-Each fake logs every call (command, CNI_* environment, stdin config) as one
+Each fake logs every call (command, CNI_* and crid's mark environment, stdin config) as one
 JSON line and behaves as its config's ``fake`` object says:
 
 - ``mode``: ``ok`` (default), ``error`` (CNI JSON error with ``code``, ``msg``,
@@ -36,7 +36,7 @@ if cmd == "VERSION":
 conf = json.loads(data)
 fake = conf.get("fake", {})
 env = {k: os.environ.get(k, None) for k in
-       ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")}
+       ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH", "CRID_CNI_CACHE")}
 if fake.get("log"):
     with open(fake["log"], "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

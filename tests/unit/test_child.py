@@ -71,3 +71,24 @@ async def test_a_child_given_up_on_is_still_reaped() -> None:
 async def test_a_missing_binary_raises() -> None:
     with pytest.raises(FileNotFoundError):
         Child(["/no/such/binary"], limit=1024)
+
+
+async def test_stdin_env_and_a_session_of_its_own() -> None:
+    data = b"{}" * 100_000  # more than a pipe holds: nothing has to feed it while the child runs
+    script = 'cat | wc -c; echo "$WHO"; ps -o sid= -p $$; echo $$'
+    child = Child(["sh", "-c", script], 1024, stdin=data, env={"PATH": os.environ["PATH"], "WHO": "me"}, setsid=True)
+    assert await child.communicate() == 0
+    count, who, sid, pid = child.output(1)[0].decode().split()
+    assert (int(count), who) == (len(data), "me")
+    assert sid == pid == str(child.pid)  # it leads a session: a kill of its group reaches what it starts
+    child.close()
+
+
+async def test_without_stdin_or_env_it_reads_nothing_and_has_crids_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CRID_TEST_MARK", "inherited")
+    child = Child(["sh", "-c", "cat | wc -c; echo $CRID_TEST_MARK"], 1024)
+    assert await child.communicate() == 0
+    assert child.output(1)[0].split() == [b"0", b"inherited"]
+    child.close()

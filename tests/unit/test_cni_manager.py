@@ -83,6 +83,7 @@ async def test_add_chains_prev_result_and_sets_environment(env: Env) -> None:
                 "K8S_POD_UID=uid-1"
             ),
             "CNI_PATH": f"{env.tmp / 'none'}:{env.bins}",
+            "CRID_CNI_CACHE": str(env.cache),  # what a restarted crid finds a killed one's plugins by
         }
     assert first["stdin"]["fake"]["ip"] == "10.22.0.9/24"  # the plugin's own keys pass through
 

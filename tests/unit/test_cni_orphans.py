@@ -1,0 +1,54 @@
+"""invoke.kill_orphans: what a killed crid's plugins left running is found by the mark in their
+environment, killed with its process group, and waited for; nothing else is touched."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from cri.cni.invoke import OWNER_ENV, Invocation, environment, kill_orphans
+
+
+def _start(owner: str | None, script: str = "sleep 60") -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if owner is not None:
+        env[OWNER_ENV] = owner
+    return subprocess.Popen(["sh", "-c", script], env=env, start_new_session=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_plugins_of_this_cache_are_killed_and_no_other_process(tmp_path: Path) -> None:
+    ours, pid_file = f"{tmp_path}/cni/results", tmp_path / "child.pid"
+    plugin = _start(ours, f"sleep 60 & echo $! > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; wait")  # + its child
+    other_crid, unmarked = _start(f"{tmp_path}/other/cni/results"), _start(None)
+    try:
+        deadline = time.monotonic() + 10
+        while not pid_file.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = int(pid_file.read_text())
+
+        killed = kill_orphans(ours)
+
+        assert sorted(killed) == sorted([plugin.pid, started])
+        assert plugin.wait(5) == -9
+        assert not _alive(started)
+        assert other_crid.poll() is None and unmarked.poll() is None
+        assert kill_orphans(ours) == []
+    finally:
+        for proc in (plugin, other_crid, unmarked):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_mark_is_in_every_plugins_environment() -> None:
+    env = environment(Invocation("ADD", "pod", "/run/netns/x", "eth0", owner="/var/lib/crid/cni/results"))
+    assert env[OWNER_ENV] == "/var/lib/crid/cni/results"
+    assert OWNER_ENV not in environment(Invocation("VERSION"))  # a manager always passes its own
