@@ -156,8 +156,9 @@ def kill_orphans(owner: str, proc: str = "/proc") -> list[int]:
     Returns their pids."""
     marker = f"{OWNER_ENV}={owner}".encode()
     found = []
+    me = str(os.getpid())  # started from a shell that had the mark exported: not a plugin
     for name in os.listdir(proc):
-        if not name.isdigit():
+        if not name.isdigit() or name == me:
             continue
         try:
             with open(f"{proc}/{name}/environ", "rb") as f:

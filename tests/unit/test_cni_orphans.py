@@ -1,10 +1,14 @@
 """invoke.kill_orphans: what a killed crid's plugins left running is found by the mark in their
 environment, killed with its process group, and waited for; nothing else is touched."""
 
+import io
 import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cri.cni.invoke import OWNER_ENV, Invocation, environment, kill_orphans
 
@@ -52,3 +56,17 @@ def test_the_mark_is_in_every_plugins_environment() -> None:
     env = environment(Invocation("ADD", "pod", "/run/netns/x", "eth0", owner="/var/lib/crid/cni/results"))
     assert env[OWNER_ENV] == "/var/lib/crid/cni/results"
     assert OWNER_ENV not in environment(Invocation("VERSION"))  # a manager always passes its own
+
+
+def test_crid_itself_is_never_one_of_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ours = f"{tmp_path}/cni/results"
+    monkeypatch.setenv(OWNER_ENV, ours)  # only a child sees it in /proc; fake our own environ
+    real_open = open
+
+    def fake_open(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path == f"/proc/{os.getpid()}/environ":
+            return io.BytesIO(f"{OWNER_ENV}={ours}\0".encode())
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert kill_orphans(ours) == []
