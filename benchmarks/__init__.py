@@ -1,7 +1,9 @@
 """crid against containerd, side by side, in one run: ``make bench`` or ``python -m benchmarks``.
 
 - ``core``: the workload registry and the handles a workload gets.
-- ``workloads``: the workloads. To add one, write a function of
+- ``workloads`` (round trips, memory, the OCI runtime alone, pods), ``image_workloads``,
+  ``container_workloads``, ``exec_workloads``, ``stats_workloads``, ``node_workloads`` (110 pods):
+  the workloads, made of the plain CRI calls in ``cri_calls``. To add one, write a function of
   ``(CriTarget, Params) -> list[float]`` (samples: seconds, bytes or MB/s),
   decorate it with ``@cri_workload("name", "row title", rpcs=(...))`` and it runs
   against crid and containerd, A/B; a target that answers UNIMPLEMENTED for
@@ -11,7 +13,8 @@
 - ``images``: the test images (pause, busybox, big, small files), built in
   code and pushed to a local docker-registry that both runtimes pull from.
 - ``harness``: starts the registry and the daemons (each with its own CNI
-  bridge network), runs the workloads A/B, stops and removes everything.
+  bridge network; ``host_setup``: their cgroups and subnets), runs the workloads A/B (in the
+  order of ``WORKLOAD_MODULES``), stops and removes everything.
 - ``containerd``: a containerd on temporary dirs; ``oci``: the runc/crun floor.
 - The other floors: ``monitor_floor`` (conmon + runc), ``spec_floor`` (runc, alone and
   under conmon, on the config.json each runtime generated for its container), ``pod_network_floor``

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from benchmarks import oci
 from benchmarks.core import CriTarget, NotSupported, OciTarget, Params, cri_workload, oci_workload
-from benchmarks.workloads import CONTAINER_RPCS, WARMUP, create_container, ensure_busybox, pod, start_container
+from benchmarks.cri_calls import CONTAINER_RPCS, create_container, ensure_busybox, pod, start_container
+from benchmarks.workloads import WARMUP
 from cri.api.v1 import api_pb2 as pb
 from cri.runtime import sealed_binary
 from cri.streaming import spdy_client

@@ -23,7 +23,8 @@ from pathlib import Path
 import grpc
 
 from benchmarks.core import CriTarget, Params, Row, RowSamples, cri_rows_workload, cri_workload
-from benchmarks.workloads import LIST_100_RPCS, WARMUP, hundred_containers, rss_samples
+from benchmarks.cri_calls import LIST_100_RPCS, hundred_containers
+from benchmarks.workloads import WARMUP, rss_samples
 from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 

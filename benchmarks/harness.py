@@ -21,9 +21,8 @@ smoke test use it). In a temporary dir it:
 
 import contextlib
 import dataclasses
-import ipaddress
+import importlib
 import json
-import os
 import secrets
 import shutil
 import signal
@@ -65,15 +64,13 @@ from benchmarks.core import (
     probe,
     rpc_code,
 )
+from benchmarks.host_setup import delete_link, free_subnets, make_cgroup, remove_cgroups
 from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb
 from tests.e2e.harness import CridProcess
 from tests.support.registry import Registry
 
 DEFAULT_RUNS = 5  # rounds of a workload that sets none (each workload has its own default)
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-# crid's pod network is the first /16 from here on that no route uses, containerd's the next one
-SUBNET_BASE = ipaddress.IPv4Network("10.89.0.0/16")
 
 Status = Literal["ok", "not supported", "failed"]
 
@@ -121,16 +118,25 @@ class Results:
         ]
 
 
-def select(names: list[str] | None) -> list[Workload[Any]]:
-    import benchmarks.exec_workloads
-    import benchmarks.grpc_floor
-    import benchmarks.monitor_floor
-    import benchmarks.node_workloads
-    import benchmarks.pull_floor
-    import benchmarks.spec_floor
-    import benchmarks.stats_workloads
-    import benchmarks.workloads  # noqa: F401
+# the modules that register workloads, in the order they run (rss_end, "after all the workloads
+# above", comes after the pods, pulls and containers; the node's 110 pods come late)
+WORKLOAD_MODULES = (
+    "pull_floor",
+    "workloads",
+    "image_workloads",
+    "container_workloads",
+    "exec_workloads",
+    "grpc_floor",
+    "monitor_floor",
+    "node_workloads",
+    "spec_floor",
+    "stats_workloads",
+)
 
+
+def select(names: list[str] | None) -> list[Workload[Any]]:
+    for module in WORKLOAD_MODULES:
+        importlib.import_module(f"benchmarks.{module}")
     if names is None:
         return list(REGISTRY.values())
     unknown = [n for n in names if n not in REGISTRY]
@@ -155,70 +161,6 @@ def remove_all_pods(client: CriClient) -> None:
             with contextlib.suppress(grpc.RpcError):
                 rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=s.id), timeout=60)
                 rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=s.id), timeout=60)
-
-
-def remove_cgroups(name: str) -> None:
-    """rmdir the cgroup ``/name`` and everything below it, in every hierarchy, deepest first."""
-    if not CGROUP_ROOT.is_dir():
-        return
-    for hierarchy in CGROUP_ROOT.iterdir():
-        top = hierarchy / name
-        if hierarchy.is_symlink() or not top.is_dir():
-            continue
-        dirs = [Path(d) for d, _, _ in os.walk(top)]
-        for d in sorted(dirs, key=lambda x: len(x.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-
-
-def make_cgroup(rel: str) -> None:
-    """mkdir the cgroup ``rel`` (and its parents) in every hierarchy, as kubelet makes ``kubepods``
-    before any pod: the pods' cgroups go below it (a new cpuset cgroup gets its parent's cpus and mems)."""
-    if not CGROUP_ROOT.is_dir():
-        return
-    for hierarchy in CGROUP_ROOT.iterdir():
-        if hierarchy.is_symlink() or not hierarchy.is_dir():
-            continue
-        path = hierarchy
-        for part in rel.strip("/").split("/"):
-            parent, path = path, path / part
-            if path.is_dir():
-                continue
-            path.mkdir()
-            if hierarchy.name == "cpuset":
-                for name in ("cpuset.cpus", "cpuset.mems"):
-                    (path / name).write_text((parent / name).read_text())
-
-
-def routed_networks() -> list[ipaddress.IPv4Network]:
-    """The IPv4 destinations of the main routing table."""
-    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
-    nets = []
-    for route in json.loads(out.stdout or "[]"):
-        dst = route.get("dst", "")
-        if dst and dst != "default":
-            with contextlib.suppress(ValueError):
-                nets.append(ipaddress.IPv4Network(dst, strict=False))
-    return nets
-
-
-def free_subnets(n: int, base: ipaddress.IPv4Network = SUBNET_BASE) -> list[str]:
-    """``n`` /16 networks from ``base`` on that no route overlaps (another run's bridges)."""
-    used = routed_networks()
-    out: list[str] = []
-    candidate = base
-    while len(out) < n:
-        if not any(candidate.overlaps(u) for u in used if u.prefixlen > 0):
-            out.append(str(candidate))
-        candidate = ipaddress.IPv4Network((int(candidate.network_address) + 2**16, 16))
-        if not candidate.subnet_of(ipaddress.IPv4Network("10.0.0.0/8")):
-            raise RuntimeError("no free /16 for the benchmark pod networks in 10.89.0.0-10.255.0.0")
-    return out
-
-
-def delete_link(name: str) -> None:
-    if os.path.exists(f"/sys/class/net/{name}"):
-        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
 
 
 class Bench:

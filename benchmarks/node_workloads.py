@@ -35,24 +35,22 @@ import psutil
 from benchmarks import oci
 from benchmarks.containerd import delete_oci_containers
 from benchmarks.core import CriTarget, Params, Row, RowSamples, cri_rows_workload
-from benchmarks.grpc_floor import floor_server
-from benchmarks.pod_network_floor import NetworkFloor
-from benchmarks.workloads import (
+from benchmarks.cri_calls import (
     CONTAINER_RPCS,
     PARALLEL,
     RPC_TIMEOUT,
     create_container,
     delete_pod,
     ensure_busybox,
-    helper_processes,
     pod_config,
     remove_pod,
-    rss_samples,
     run_pod,
     start_container,
     stop_pod,
-    timed,
 )
+from benchmarks.grpc_floor import floor_server
+from benchmarks.pod_network_floor import NetworkFloor
+from benchmarks.workloads import helper_processes, rss_samples, timed
 from cri.api.v1 import api_pb2 as pb
 from cri.api.v1 import api_pb2_grpc
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks import commands
 from benchmarks.containerd import CNI_BIN_DIR, LOOPBACK_CONF, cni_conflist
-from benchmarks.harness import delete_link, free_subnets
+from benchmarks.host_setup import delete_link, free_subnets
 
 IFNAME = "eth0"
 TIMEOUT = 30.0

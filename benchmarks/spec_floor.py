@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks import monitor_floor, oci
 from benchmarks.core import CriTarget, NotSupported, Params, Row, RowSamples, cri_rows_workload
-from benchmarks.workloads import (
+from benchmarks.cri_calls import (
     CONTAINER_RPCS,
     create_container,
     delete_container,

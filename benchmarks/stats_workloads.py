@@ -10,7 +10,7 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.core import CriTarget, Params, Row, RowSamples, cri_rows_workload
-from benchmarks.workloads import (
+from benchmarks.cri_calls import (
     CONTAINER_RPCS,
     PARALLEL,
     RPC_TIMEOUT,
@@ -20,8 +20,8 @@ from benchmarks.workloads import (
     remove_pod,
     run_pod,
     start_container,
-    timed,
 )
+from benchmarks.workloads import timed
 from cri.api.v1 import api_pb2 as pb
 
 SIZES = (20, 110)

@@ -21,7 +21,8 @@ import grpc
 import pytest
 
 from benchmarks.containerd import ContainerdProcess
-from benchmarks.harness import free_subnets, make_cgroup, remove_all_pods, remove_cgroups
+from benchmarks.harness import remove_all_pods
+from benchmarks.host_setup import free_subnets, make_cgroup, remove_cgroups
 from benchmarks.images import pause_image, write_hosts_toml
 from cri.api.client import CriClient
 from cri.api.v1 import api_pb2 as pb

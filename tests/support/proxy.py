@@ -14,6 +14,10 @@ from typing import Any
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection"}
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a pull opens several connections at once; the default is 5
+
+
 class SlowProxy:
     def __init__(self, upstream: str, bytes_per_second: int = 1 << 20, chunk: int = 64 * 1024) -> None:
         self.upstream = upstream  # host:port
@@ -69,7 +73,7 @@ class SlowProxy:
         return Handler
 
     def start(self) -> "SlowProxy":
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
