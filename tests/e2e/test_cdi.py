@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from cri.api.v1 import api_pb2 as pb
+from tests.e2e.container_pod import Pod
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import Pod
 from tests.support import oci_build as ob
 from tests.support.registry import Registry
 

@@ -22,8 +22,8 @@ import pytest
 from cri.api.v1 import api_pb2 as pb
 from cri.runtime.checkpoint import CriuSupport, probe_criu
 from tests.e2e.conftest import Daemons
+from tests.e2e.container_pod import Pod, env
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import Pod, env
 from tests.support.cni_net import Network
 
 __all__ = ["env"]  # the module fixture: one registry, one daemon with a network, busybox pulled

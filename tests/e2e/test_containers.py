@@ -1,151 +1,23 @@
-"""Containers end to end: a real crid runs busybox containers in real pods with
-runc under conmon; each test checks the effect inside the container."""
+"""Containers end to end: a real crid runs busybox containers in real pods with runc under conmon:
+their lifecycle, logs, exec, resources, lists, a second handler, restarts and crashes of the daemon.
+Security settings and mounts: test_container_security.py."""
 
 import json
-import os
-import re
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
 import pytest
 
 from cri.api.v1 import api_pb2 as pb
+from tests.e2e.container_pod import CRI_LINE, Pod, env, log_text, pod, sc
 from tests.e2e.harness import CridProcess
-from tests.support import oci_build as ob
 from tests.support.cni_net import Network
-from tests.support.registry import Registry
 
-PASSWD = (*ob.DEFAULT_PASSWD, "alice:x:1000:1000:alice:/home/alice:/bin/sh")
-GROUP = (*ob.DEFAULT_GROUP, "alice:x:1000:", "staff:x:50:alice", "extra:x:60:alice")
-CAP_NET_ADMIN = 12
-
-
-@pytest.fixture(scope="module")
-def env(e2e_base: Path) -> Iterator[tuple[CridProcess, str, Network]]:
-    """One registry, one daemon with a private network, and the test image pulled."""
-    base = Path(tempfile.mkdtemp(prefix="ctr", dir=e2e_base))
-    network = Network(base / "net", 200)
-    layer = ob.busybox_layer("gzip", applets="all", passwd=PASSWD, group=GROUP)
-    image = ob.Image([layer], ob.ImageConfig(cmd=["sh"], env=["PATH=/bin", "FROM_IMAGE=1", "OVERRIDE=image"]))
-    with Registry(base / "reg") as reg:
-        reg.push("e2e/busybox", "1", image)
-        d = CridProcess(base, settings=network.settings()).start()
-        ref = f"{reg.host}/e2e/busybox:1"
-        d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=60)
-        try:
-            yield d, ref, network
-        finally:
-            d.remove_all_pods()
-            d.stop()
-            network.cleanup()
-
-
-class Pod:
-    """A pod for one test, with helpers to run containers in it."""
-
-    def __init__(self, d: CridProcess, image: str, name: str, **linux: Any) -> None:
-        self.d, self.image = d, image
-        self.logs = Path(tempfile.mkdtemp(prefix="logs", dir=d.dir))
-        self.config = pb.PodSandboxConfig(
-            metadata=pb.PodSandboxMetadata(name=name, namespace="e2e", uid=f"uid-{name}"),
-            hostname=name,
-            log_directory=str(self.logs),
-            linux=pb.LinuxPodSandboxConfig(**linux),
-        )
-        self.id = d.client.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=self.config)).pod_sandbox_id
-
-    def create(self, name: str, command: list[str], **kw: Any) -> str:
-        linux = kw.pop("linux", None)
-        cfg = pb.ContainerConfig(
-            metadata=pb.ContainerMetadata(name=name),
-            image=pb.ImageSpec(image=self.image),
-            command=command,
-            log_path=f"{name}.log",
-            linux=linux,
-            **kw,
-        )
-        req = pb.CreateContainerRequest(pod_sandbox_id=self.id, config=cfg, sandbox_config=self.config)
-        return str(self.d.client.runtime.CreateContainer(req).container_id)
-
-    def run(self, name: str, command: list[str], **kw: Any) -> str:
-        cid = self.create(name, command, **kw)
-        self.d.client.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
-        return cid
-
-    def status(self, cid: str) -> pb.ContainerStatus:
-        st: pb.ContainerStatus = self.d.client.runtime.ContainerStatus(
-            pb.ContainerStatusRequest(container_id=cid)
-        ).status
-        return st
-
-    def wait(self, cid: str, timeout: float = 20) -> pb.ContainerStatus:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = self.status(cid)
-            if st.state == pb.CONTAINER_EXITED:
-                return st
-            time.sleep(0.05)
-        raise AssertionError(f"container {cid} did not exit: {self.status(cid)}")
-
-    def output(self, name: str, command: list[str], **kw: Any) -> tuple[int, str]:
-        """Run to completion; (exit code, stdout+stderr text from the CRI log)."""
-        cid = self.run(name, command, **kw)
-        st = self.wait(cid)
-        return st.exit_code, log_text(self.logs / f"{name}.log")
-
-    def exec(self, cid: str, cmd: list[str], timeout: int = 0) -> pb.ExecSyncResponse:
-        resp: pb.ExecSyncResponse = self.d.client.runtime.ExecSync(
-            pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=timeout)
-        )
-        return resp
-
-    def remove(self) -> None:
-        self.d.client.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=self.id))
-        self.d.client.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=self.id))
-
-
-CRI_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (P|F) (.*)$")
-
-
-def log_text(path: Path) -> str:
-    out = []
-    for line in path.read_text().splitlines():
-        m = CRI_LINE.match(line)
-        assert m, f"not a CRI log line: {line!r}"
-        out.append(m.group(4) + ("\n" if m.group(3) == "F" else ""))
-    return "".join(out)
-
-
-def pod_name(request: pytest.FixtureRequest) -> str:
-    """A pod name (and hostname: RFC 1123) from the test's name, parameters included."""
-    return re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
-
-
-@pytest.fixture
-def pod(env: tuple[CridProcess, str, Network], request: pytest.FixtureRequest) -> Iterator[Pod]:
-    d, image, _ = env
-    p = Pod(d, image, pod_name(request))
-    yield p
-    p.remove()
-
-
-def sc(**kw: Any) -> pb.LinuxContainerConfig:
-    return pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(**kw))
-
-
-def cap_eff(text: str) -> int:
-    return int(re.search(r"CapEff:\s+([0-9a-f]+)", text).group(1), 16)  # type: ignore[union-attr]
-
-
-# --- lifecycle and logs ---------------------------------------------------------------------
+__all__ = ["env", "pod"]  # the fixtures: one daemon per module, a pod per test
 
 
 def test_echo_writes_a_cri_log_line(pod: Pod) -> None:
@@ -188,140 +60,6 @@ def test_env_and_args_precedence(pod: Pod) -> None:
     assert code == 0 and out.strip() == "1 cri yes arg0"
 
 
-def test_run_as_user_and_username(pod: Pod) -> None:
-    code, out = pod.output(
-        "uid",
-        ["sh", "-c", "id; ls / > /dev/null && echo root-readable"],
-        linux=sc(run_as_user=pb.Int64Value(value=1000)),
-    )
-    assert code == 0 and out.startswith("uid=1000(alice) gid=1000(alice)") and "root-readable" in out
-    code, out = pod.output("uname", ["id", "-un"], linux=sc(run_as_username="alice"))
-    assert out.strip() == "alice"
-    with pytest.raises(grpc.RpcError) as err:
-        pod.create("nouser", ["id"], linux=sc(run_as_username="mallory"))
-    assert "mallory" in err.value.details()
-
-
-def test_supplemental_groups_merge_and_strict(pod: Pod) -> None:
-    user = pb.Int64Value(value=1000)
-    _, merged = pod.output("merge", ["id", "-G"], linux=sc(run_as_user=user, supplemental_groups=[70]))
-    assert set(merged.split()) == {"1000", "50", "60", "70"}
-    strict = sc(
-        run_as_user=user, supplemental_groups=[70], supplemental_groups_policy=pb.SupplementalGroupsPolicy.Strict
-    )
-    _, only = pod.output("strict", ["id", "-G"], linux=strict)
-    assert set(only.split()) == {"1000", "70"}
-
-
-def test_readonly_rootfs(pod: Pod) -> None:
-    code, out = pod.output("ro", ["sh", "-c", "touch /newfile && echo wrote"], linux=sc(readonly_rootfs=True))
-    assert code != 0 and "Read-only file system" in out
-
-
-def test_capabilities(pod: Pod) -> None:
-    _, out = pod.output(
-        "noCaps".lower(), ["cat", "/proc/self/status"], linux=sc(capabilities=pb.Capability(drop_capabilities=["ALL"]))
-    )
-    assert cap_eff(out) == 0
-    _, out = pod.output(
-        "netadmin", ["cat", "/proc/self/status"], linux=sc(capabilities=pb.Capability(add_capabilities=["NET_ADMIN"]))
-    )
-    assert cap_eff(out) & (1 << CAP_NET_ADMIN)
-    _, default = pod.output("defcaps", ["cat", "/proc/self/status"])
-    assert not cap_eff(default) & (1 << CAP_NET_ADMIN) and bin(cap_eff(default)).count("1") == 14
-
-
-def test_privileged_sees_host_devices(env: tuple[CridProcess, str, Network]) -> None:
-    d, image, _ = env
-    # a privileged container needs a privileged pod, as kubelet and containerd require
-    pod = Pod(d, image, "privpod", security_context=pb.LinuxSandboxSecurityContext(privileged=True))
-    try:
-        host_devices = len(os.listdir("/dev"))
-        _, plain = pod.output("plain", ["ls", "/dev"])
-        _, priv = pod.output("priv", ["ls", "/dev"], linux=sc(privileged=True))
-        assert len(priv.split()) > len(plain.split())
-        assert len(priv.split()) >= host_devices // 2
-        _, mounts = pod.output("privmnt", ["cat", "/proc/self/mountinfo"], linux=sc(privileged=True))
-        assert " /proc/keys " not in mounts  # nothing masked
-    finally:
-        pod.remove()
-
-
-def test_masked_path(pod: Pod) -> None:
-    _, out = pod.output("masked", ["sh", "-c", "grep -c ' /proc/keys ' /proc/self/mountinfo; cat /proc/keys | wc -c"])
-    assert out.split() == ["1", "0"]  # /dev/null over it: present, empty
-
-
-def test_no_new_privs(pod: Pod) -> None:
-    _, out = pod.output("nnp", ["grep", "NoNewPrivs", "/proc/self/status"], linux=sc(no_new_privs=True))
-    assert out.split()[-1] == "1"
-
-
-def test_seccomp_runtime_default_vs_unconfined(pod: Pod) -> None:
-    # unshare(CLONE_NEWUSER) needs no capability, but the default profile refuses it without CAP_SYS_ADMIN
-    default = sc(seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
-    code, out = pod.output("sdef", ["sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true"], linux=default)
-    assert "Seccomp:\t2" in out and code != 0
-    unconfined = sc(seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined))
-    code, out = pod.output("sunc", ["sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true"], linux=unconfined)
-    assert "Seccomp:\t0" in out and code == 0
-
-
-def test_seccomp_localhost_profile(pod: Pod, tmp_path: Path) -> None:
-    profile = tmp_path / "no-sethostname.json"
-    profile.write_text(json.dumps({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "syscalls": [{"names": ["sethostname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
-    }))  # fmt: skip
-    caps = pb.Capability(add_capabilities=["SYS_ADMIN"])
-    local = sc(
-        capabilities=caps,
-        seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(profile)),
-    )
-    code, out = pod.output("sloc", ["hostname", "blocked"], linux=local)
-    assert code != 0 and "not permitted" in out
-    code, _ = pod.output("sallow", ["hostname", "allowed"], linux=sc(capabilities=caps))
-    assert code == 0
-    missing = sc(
-        seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(tmp_path / "none.json"))
-    )
-    with pytest.raises(grpc.RpcError) as err:
-        pod.create("smissing", ["true"], linux=missing)
-    assert "none.json" in err.value.details()
-
-
-def test_bind_mounts_and_propagation(pod: Pod, tmp_path: Path) -> None:
-    rw, ro = tmp_path / "rw", tmp_path / "ro"
-    rw.mkdir()
-    ro.mkdir()
-    (ro / "data").write_text("ro-data")
-    # rslave/rshared need a shared source mount, as on a systemd host
-    for d in (rw, ro):
-        subprocess.run(["mount", "--bind", str(d), str(d)], check=True)
-        subprocess.run(["mount", "--make-rshared", str(d)], check=True)
-    try:
-        _propagation_cases(pod, rw, ro)
-    finally:
-        for d in (rw, ro):
-            subprocess.run(["umount", "-l", str(d)], check=True)
-
-
-def _propagation_cases(pod: Pod, rw: Path, ro: Path) -> None:
-    for prop in (pb.PROPAGATION_PRIVATE, pb.PROPAGATION_HOST_TO_CONTAINER, pb.PROPAGATION_BIDIRECTIONAL):
-        name = f"mnt{prop}"
-        code, out = pod.output(
-            name,
-            ["sh", "-c", f"echo {prop} > /rw/from-{prop}; cat /ro/data; touch /ro/x || echo ro-refused"],
-            mounts=[
-                pb.Mount(container_path="/rw", host_path=str(rw), propagation=prop),
-                pb.Mount(container_path="/ro", host_path=str(ro), readonly=True, propagation=prop),
-            ],
-        )
-        assert code == 0, out
-        assert "ro-data" in out and "ro-refused" in out
-        assert (rw / f"from-{prop}").read_text().strip() == str(prop)
-
-
 def test_exec_sync(pod: Pod) -> None:
     cid = pod.run("execme", ["sleep", "600"], linux=sc(run_as_user=pb.Int64Value(value=1000)))
     r = pod.exec(cid, ["sh", "-c", "id -u; echo err >&2; exit 7"])
@@ -340,44 +78,6 @@ def test_exec_sync(pod: Pod) -> None:
     with pytest.raises(grpc.RpcError) as err:
         pod.exec(cid, ["true"])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
-def test_no_fd_of_crid_reaches_the_container(pod: Pod) -> None:
-    """The runtime is handed a memfd at fd 3 (its log, an exec's process file): neither the
-    container's process nor an exec'd command may inherit it, or any other fd of crid's."""
-    cid = pod.run("fds", ["sleep", "600"])
-    info = pod.d.client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True)).info
-    pid = int(json.loads(info["info"])["pid"])
-    assert sorted(os.listdir(f"/proc/{pid}/fd"), key=int) == ["0", "1", "2"]
-    r = pod.exec(cid, ["sh", "-c", "ls /proc/$$/fd; true"])  # the shell's own fds, not ls's
-    assert (r.exit_code, r.stdout.split()) == (0, [b"0", b"1", b"2"]), r.stderr
-
-
-def _exe(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return ""
-
-
-def test_the_runtime_runs_from_a_sealed_copy(pod: Pod) -> None:
-    """runc (under conmon, and for exec) runs from crid's sealed memfd copy, which spares it its
-    own bind mount of the binary at each create and exec (cri/runtime/sealed_binary.py)."""
-    cid = pod.run("sealed", ["sleep", "600"])
-    assert pod.d.proc is not None
-    crid = psutil.Process(pod.d.proc.pid)
-    conmon = next(p for p in psutil.process_iter(["cmdline"]) if cid in (p.info["cmdline"] or [])[:8])
-    runtime = conmon.info["cmdline"][conmon.info["cmdline"].index("-r") + 1]
-    assert runtime.startswith(f"/proc/{crid.pid}/fd/") and "memfd:crid:runc" in os.readlink(runtime)
-    with ThreadPoolExecutor(1) as pool:
-        probe = pool.submit(pod.exec, cid, ["sleep", "2"])
-        deadline = time.monotonic() + 10
-        exes: set[str] = set()
-        while not probe.done() and time.monotonic() < deadline:
-            exes |= {_exe(c.pid) for c in crid.children() if "exec" in c.cmdline()[:4]}
-            time.sleep(0.05)
-        assert probe.result().exit_code == 0
-    assert any(e.startswith("/memfd:crid:runc") for e in exes), exes
 
 
 def test_stop_grace_and_timeout(pod: Pod) -> None:
@@ -623,26 +323,6 @@ def test_container_stats(pod: Pod) -> None:
     assert list(none) == []
 
 
-def test_recursive_read_only_mount(pod: Pod, tmp_path: Path) -> None:
-    src = tmp_path / "rro"
-    (src / "sub").mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(src / "sub")], check=True)
-    try:
-        rro = pb.Mount(container_path="/data", host_path=str(src), readonly=True, recursive_read_only=True)
-        _, out = pod.output("rro", ["sh", "-c", "touch /data/sub/x || echo sub-refused"], mounts=[rro])
-        assert "sub-refused" in out
-        plain = pb.Mount(container_path="/data", host_path=str(src), readonly=True)
-        _, out = pod.output("ro", ["sh", "-c", "touch /data/sub/x && echo sub-written"], mounts=[plain])
-        assert "sub-written" in out  # a plain read-only bind leaves submounts writable: the difference rro makes
-        with pytest.raises(grpc.RpcError) as err:
-            pod.create(
-                "rrorw", ["true"], mounts=[pb.Mount(container_path="/d", host_path=str(src), recursive_read_only=True)]
-            )
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        subprocess.run(["umount", str(src / "sub")], check=True)
-
-
 def test_image_removed_while_a_container_uses_it(env: tuple[CridProcess, str, Network], daemons: Any) -> None:
     _, image, network = env
     d = daemons.start("gc", **network.settings())
@@ -726,29 +406,3 @@ def test_recovery_never_trusts_a_reused_pid(env: tuple[CridProcess, str, Network
         stranger.kill()
         stranger.wait()
         pod.remove()
-
-
-@pytest.mark.parametrize(
-    ("propagation", "visible"),
-    [(pb.PROPAGATION_PRIVATE, False), (pb.PROPAGATION_HOST_TO_CONTAINER, True), (pb.PROPAGATION_BIDIRECTIONAL, True)],
-)
-def test_mount_propagation_from_the_host(pod: Pod, tmp_path: Path, propagation: Any, visible: bool) -> None:
-    src = tmp_path / "prop"
-    src.mkdir()
-    subprocess.run(["mount", "--bind", str(src), str(src)], check=True)
-    subprocess.run(["mount", "--make-rshared", str(src)], check=True)
-    sub = src / "later"
-    sub.mkdir()
-    try:
-        cid = pod.run(
-            "watch",
-            ["sleep", "600"],
-            mounts=[pb.Mount(container_path="/mnt", host_path=str(src), propagation=propagation)],
-        )
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)  # after the container started
-        (sub / "marker").write_text("x")
-        seen = pod.exec(cid, ["ls", "/mnt/later"]).stdout.decode().split()
-        assert ("marker" in seen) == visible
-    finally:
-        subprocess.run(["umount", "-l", str(sub)], check=False)
-        subprocess.run(["umount", "-l", str(src)], check=True)

@@ -43,7 +43,7 @@ def test_status(crid: CridProcess) -> None:
     assert dict(resp.info) == {}
     handlers = {h.name: h for h in resp.runtime_handlers}
     assert set(handlers) == {"runc", "crun", ""}
-    assert resp.features.supplemental_groups_policy  # Merge and Strict both work (test_containers.py)
+    assert resp.features.supplemental_groups_policy  # Merge and Strict both work (test_container_security.py)
     for h in handlers.values():  # nothing claimed that crid does not do
         assert not h.features.user_namespaces
     # recursive read-only mounts: only where the runtime says it can (runc >= 1.1) and the kernel has mount_setattr

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from cri.api.v1 import api_pb2 as pb
+from tests.e2e.container_pod import GROUP, PASSWD, Pod
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import GROUP, PASSWD, Pod
 from tests.support import oci_build as ob
 from tests.support.cni_net import Network
 from tests.support.registry import Registry

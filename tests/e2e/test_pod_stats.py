@@ -19,8 +19,8 @@ import pytest
 from cri.api.v1 import api_pb2 as pb
 from cri.server.pod_metrics import DESCRIPTORS
 from tests.e2e import test_containers as containers_e2e
+from tests.e2e.container_pod import Pod, pod_name
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import Pod, pod_name
 from tests.support.cni_net import Network
 
 env = containers_e2e.env  # the daemon, registry and network of this module too

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from cri.api.v1 import api_pb2 as pb
+from tests.e2e.container_pod import Pod
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import Pod
 from tests.support import oci_build as ob
 from tests.support import stream_clients as sc
 from tests.support.cni_net import Network

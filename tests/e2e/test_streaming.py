@@ -15,8 +15,8 @@ import pytest
 
 from cri.api.v1 import api_pb2 as pb
 from cri.streaming import spdy_client
+from tests.e2e.container_pod import Pod, env, log_text
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import Pod, env, log_text
 from tests.support import stream_clients as sc
 from tests.support.cni_net import Network
 

@@ -15,8 +15,8 @@ import pytest
 from cri import faults
 from cri.api.v1 import api_pb2 as pb
 from cri.runtime import idmap
+from tests.e2e.container_pod import GROUP, PASSWD, Pod, log_text
 from tests.e2e.harness import CridProcess
-from tests.e2e.test_containers import GROUP, PASSWD, Pod, log_text
 from tests.support import oci_build as ob
 from tests.support.cni_net import Network
 from tests.support.registry import Registry

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.support import certs
-from tests.support.registry import DownMirror, parse_access_log
+from tests.support.down_mirror import DownMirror
+from tests.support.registry import parse_access_log
 from tests.support.token_server import TokenServer, b64url_decode, decode_jwt, parse_scope
 
 

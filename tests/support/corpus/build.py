@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import oci_build
+from tests.support import oci_build, oci_images, oci_tar
 from tests.support.cache_lock import locked
 from tests.support.corpus import buildah_images, debian, derived, stage, tar_images, umoci_images
 from tests.support.corpus.model import Built, Corpus, CorpusImage, describe
@@ -50,7 +50,8 @@ def cache_dir() -> Path:
 
 def source_key(tools: Tools) -> str:
     h = hashlib.sha256()
-    for path in [*sorted(Path(__file__).parent.glob("*.py")), Path(oci_build.__file__)]:
+    builder = [Path(oci_build.__file__), Path(oci_images.__file__), Path(oci_tar.__file__)]
+    for path in [*sorted(Path(__file__).parent.glob("*.py")), *builder]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     h.update(hashlib.sha256(Path(stage.BUSYBOX).read_bytes()).digest())
     for name in HASHED_TOOLS:
