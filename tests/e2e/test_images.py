@@ -5,6 +5,7 @@ to registries the fixtures start on loopback (plain, TLS, Basic, token).
 """
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -200,12 +201,15 @@ def test_rootfs_as_overlay(registry: Registry, crid_img: CridProcess, tmp_path: 
         subprocess.run(["umount", str(target)], check=True)
 
 
-@pytest.mark.parametrize("case", malicious_cases("/tmp/crid-e2e-escape"), ids=lambda c: c.name)
+ESCAPE_DIR = Path("/tmp/crid-e2e-escape")  # outside the daemon's dirs: where the layers try to write
+
+
+@pytest.mark.parametrize("case", malicious_cases(str(ESCAPE_DIR)), ids=lambda c: c.name)
 def test_malicious_layers(registry: Registry, crid_img: CridProcess, case: object) -> None:
     from tests.support.malicious import MaliciousCase
 
     assert isinstance(case, MaliciousCase)
-    Path("/tmp/crid-e2e-escape").mkdir(exist_ok=True)
+    ESCAPE_DIR.mkdir(exist_ok=True)
     case.prepare()
     repo = f"e2e/evil-{case.name}"
     img = case.image()
@@ -223,6 +227,7 @@ def test_malicious_layers(registry: Registry, crid_img: CridProcess, case: objec
         assert leftovers(crid_img) == []
     finally:
         case.prepare()  # removes forbidden files if the attack got through
+        shutil.rmtree(ESCAPE_DIR, ignore_errors=True)  # and the victims: nothing is left in /tmp
 
 
 def test_tampered_blob_fails_and_commits_nothing(registry: Registry, crid_img: CridProcess) -> None:
