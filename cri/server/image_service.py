@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
-from cri.api.v1 import api_pb2_grpc
 from cri.errors import InvalidArgument
 from cri.images.auth import credentials_from_cri
 from cri.images.manager import Images
@@ -30,7 +29,7 @@ def image_message(image: ImageRecord) -> pb.Image:
     return msg
 
 
-class ImageServicer(api_pb2_grpc.ImageServiceServicer):
+class ImageServicer:
     def __init__(self, images: Images) -> None:
         self.images = images
 

@@ -15,7 +15,6 @@ from google.protobuf.message import Message
 import cri
 from cri import config as configmod
 from cri.api.v1 import api_pb2 as pb
-from cri.api.v1 import api_pb2_grpc
 from cri.conditions import Condition
 from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, Unimplemented
@@ -103,7 +102,7 @@ class _Listing:
         return reply
 
 
-class RuntimeServicer(EventsServicer, StatsServicer, api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeServicer(EventsServicer, StatsServicer):
     def __init__(self, config: Config, pods: Pods, containers: Containers, streaming: StreamingServer) -> None:
         self.config = config
         self.pods = pods

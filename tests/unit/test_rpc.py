@@ -132,3 +132,36 @@ async def test_malformed_body_is_invalid_argument_with_one_warning(caplog: pytes
 def test_error_texts_are_capped() -> None:
     code, message = status_for(errors.NotFound("x" * 70_000), "RuntimeService.X", "id")
     assert code == grpc.StatusCode.NOT_FOUND and len(message) <= 2048 and message.endswith("(70000 chars)")
+
+
+async def test_a_method_the_servicer_lacks_answers_unimplemented(tmp_path: Any) -> None:
+    """Served from the proto's descriptor, not the generated servicer base class."""
+    from cri.api.v1 import api_pb2 as pb
+    from cri.api.v1 import api_pb2_grpc
+    from cri.server.rpc import service_handler
+
+    class OnlyVersion:
+        async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
+            return pb.VersionResponse(runtime_name="only")
+
+    gate = Gate()
+    gate.open = True
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((service_handler("RuntimeService", OnlyVersion(), gate),))
+    socket = f"unix://{tmp_path}/rpc.sock"
+    server.add_insecure_port(socket)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(socket) as channel:
+            stub = api_pb2_grpc.RuntimeServiceStub(channel)
+            assert (await stub.Version(pb.VersionRequest())).runtime_name == "only"
+            with pytest.raises(grpc.aio.AioRpcError) as unary:
+                await stub.ListContainers(pb.ListContainersRequest())
+            assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "ListContainers is not implemented" in (unary.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as stream:
+                async for _ in stub.GetContainerEvents(pb.GetEventsRequest()):
+                    pass
+            assert stream.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(None)
