@@ -50,9 +50,9 @@ class RegistryHost:
         return self.base + suffix
 
     def ssl_context(self) -> ssl.SSLContext | bool | None:
-        """What aiohttp's ``ssl`` takes for this host: None for plain HTTP; True for
-        the system's CAs and nothing else (aiohttp's own verified context, made once
-        at its import); else a context of this host's settings. Loading the system's
+        """What the HTTP client's ``ssl`` takes for this host (cri/images/http.py): None for
+        plain HTTP; True for the system's CAs and nothing else (one context, made at the
+        first https request); else a context of this host's settings. Loading the system's
         CAs takes 50 ms of CPU and 2 MiB here, and hosts are read again for every
         pull: a context is shared by the hosts with the same settings and files."""
         if self.scheme != "https":

@@ -10,7 +10,7 @@ a big pull), and the unpacks shared its GIL. The daemon decides what to
 fetch and unpack, shares the work between pulls, and commits snapshots in
 chain order.
 
-The zygote (``serve``) imports aiohttp, isal and the rest once (0.6 s of CPU
+The zygote (``serve``) imports isal, zstandard and the rest once (0.3 s of CPU
 a process would pay at each start) and forks a child per job. A child's
 messages go to the pipe it was given, as pickled frames (4-byte length,
 then the pickle): ``("ready",)`` once it takes signals, ``("got", n)`` as

@@ -5,8 +5,6 @@ Pulling is in cri/images/pull.py; this module owns what a pull leaves behind
 flight hold when it collects garbage.
 """
 
-from __future__ import annotations  # aiohttp and the registry client are imported at the first pull
-
 import asyncio
 import contextlib
 import logging
@@ -14,12 +12,12 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from cri.config import Config
 from cri.errors import CridError
 from cri.images.auth import Credentials
 from cri.images.content import ContentStore
+from cri.images.http import Session
 from cri.images.manifest import ImageConfig, image_config
 from cri.images.metadata import ImageMetadata, ImageRecord
 from cri.images.pull import Puller
@@ -27,9 +25,6 @@ from cri.images.reference import HEX64_RE, SHA256_RE, parse
 from cri.images.snapshots import Snapshots
 from cri.log import fields
 from cri.store import Store
-
-if TYPE_CHECKING:  # aiohttp is 9 MiB of a daemon that may never pull
-    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +37,7 @@ class Images:
         self.content = ContentStore(config.root_dir)
         self.snapshots = Snapshots(config.root_dir)
         self.meta = ImageMetadata(store)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: Session | None = None
         self.puller = Puller(config, self.content, self.snapshots, self.meta, self._http, self.gc)
         # chain ids in use by containers; the containers layer installs this
         self.snapshots_in_use: Callable[[], set[str]] = set
@@ -77,11 +72,9 @@ class Images:
         if self._session is not None:
             await self._session.close()
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> Session:
         if self._session is None:
-            from cri.images.registry import new_session
-
-            self._session = new_session(self.config.images.pull_progress_timeout_seconds)
+            self._session = Session(self.config.images.pull_progress_timeout_seconds)
         return self._session
 
     async def pull(self, text: str, credentials: Credentials) -> str:

@@ -30,19 +30,17 @@ unpacked again from the content store on top of them. Commits follow the
 chain: a layer's snapshot is committed after the one below it.
 """
 
-from __future__ import annotations  # aiohttp and the registry client are imported at the first pull
+from __future__ import annotations  # _Unpack is defined below the methods that take it
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from cri import faults
 from cri.config import Config
@@ -51,6 +49,7 @@ from cri.host import HOST
 from cri.images.auth import Credentials, TokenCache
 from cri.images.content import ContentStore
 from cri.images.hosts import load_hosts
+from cri.images.http import Session
 from cri.images.layer_child import Download, Job, Unpack
 from cri.images.layer_process import LayerProcess, Zygote, as_applied
 from cri.images.layer_stream import Cancelled
@@ -67,6 +66,7 @@ from cri.images.pull_metrics import (
     Progress,
 )
 from cri.images.reference import Reference, parse
+from cri.images.registry import Repository
 from cri.images.resolve import resolve
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
@@ -74,17 +74,11 @@ from cri.images.stream import in_thread
 from cri.images.unpack import Applied, NeedsLowers
 from cri.log import fields
 
-if TYPE_CHECKING:  # aiohttp is 9 MiB of a daemon that may never pull
-    import aiohttp
-
-    from cri.images.registry import Repository
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # layers unpacked from the content store at once (those of a download are bounded by the downloads)
 UNPACK_THREADS = max(2, os.cpu_count() or 1)
-REGISTRY_CLIENT = "cri.images.registry"  # and aiohttp, imported at the first pull
 
 
 class Puller:
@@ -96,7 +90,7 @@ class Puller:
         content: ContentStore,
         snapshots: Snapshots,
         meta: ImageMetadata,
-        http: Callable[[], aiohttp.ClientSession],
+        http: Callable[[], Session],
         gc: Callable[[], Awaitable[None]],
     ) -> None:
         self.config = config
@@ -173,10 +167,6 @@ class Puller:
             )
 
     async def _pull(self, ref: Reference, credentials: Credentials, progress: Progress, pinned: set[str]) -> str:
-        if REGISTRY_CLIENT not in sys.modules:  # the first pull: aiohttp's imports take 0.25 s, not the loop's
-            await asyncio.to_thread(importlib.import_module, REGISTRY_CLIENT)
-        from cri.images.registry import Repository
-
         if (ref.tagged_name if not ref.digest else str(ref)) not in self.meta.names:
             self.zygote.warm()  # a new image: its layers' processes start while it resolves
         hosts = load_hosts(self.config.images.registry_config_dir, ref.domain)

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import aiohttp
-
 from cri.errors import CridError, FailedPrecondition, NotFound, PermissionDenied, Unavailable
 from cri.images.auth import DEFAULT_TOKEN_SECONDS, Challenge, Credentials, TokenCache, parse_challenges
 from cri.images.content import BlobSink
 from cri.images.hosts import RegistryHost
+from cri.images.http import HttpError, Response, Session
 from cri.log import fields
 
 log = logging.getLogger(__name__)
@@ -39,17 +38,16 @@ class _Retryable(Exception):
     """A failure worth trying again (5xx, connection trouble)."""
 
 
-async def read_body(resp: aiohttp.ClientResponse, limit: int, what: str, size: int | None = None) -> bytes:
+async def read_body(resp: Response, limit: int, what: str, size: int | None = None) -> bytes:
     """The whole body, refused past ``limit`` bytes and, with ``size``, unless
-    it is exactly that long. aiohttp's ``read(n)`` returns what is buffered so
-    far, not n bytes, so the body is read to its end here."""
+    it is exactly that long, read to its end."""
     length = resp.content_length
     if length is not None and length > limit:
         raise FailedPrecondition(f"{what} is {length} bytes, over the {limit} byte limit")
     if size is not None and length is not None and length != size:
         raise FailedPrecondition(f"{what}: size mismatch: {length} bytes announced, {size} in its descriptor")
     buf = bytearray()
-    async for chunk in resp.content.iter_any():
+    async for chunk in resp.iter_any():
         buf += chunk
         if len(buf) > limit:
             raise FailedPrecondition(f"{what} is over the {limit} byte limit")
@@ -72,22 +70,16 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
 
 
-def new_session(read_timeout: float) -> aiohttp.ClientSession:
-    """The HTTP client of registry requests: no proxy from the environment, bodies as sent."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        connector=aiohttp.TCPConnector(limit=64),
-        headers={"User-Agent": "crid"},
-        trust_env=False,
-        auto_decompress=False,
-    )
+def new_session(read_timeout: float) -> Session:
+    """The HTTP client of registry requests (cri/images/http.py): no proxy from the environment,
+    bodies as sent, ``read_timeout`` seconds at most between two reads."""
+    return Session(read_timeout)
 
 
 class Repository:
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: Session,
         hosts: list[RegistryHost],
         registry: str,
         path: str,
@@ -112,13 +104,13 @@ class Repository:
 
     # --- HTTP plumbing ---------------------------------------------------
 
-    async def _send(self, host: RegistryHost, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _send(self, host: RegistryHost, method: str, url: str, headers: dict[str, str]) -> Response:
         """One request, following redirects by hand so that credentials never
         go to another origin."""
         origin = url
         ssl_ctx: Any = host.ssl_context() if host.scheme == "https" else None
         for _ in range(MAX_REDIRECTS + 1):
-            resp = await self.session.request(method, url, headers=headers, allow_redirects=False, ssl=ssl_ctx)
+            resp = await self.session.request(method, url, headers, ssl=ssl_ctx)
             if resp.status not in _REDIRECT_STATUS or "Location" not in resp.headers:
                 return resp
             url = urljoin(url, resp.headers["Location"])
@@ -134,7 +126,7 @@ class Repository:
         method: str,
         suffix: str,
         headers: dict[str, str] | Callable[[], dict[str, str]] | None = None,
-        ok: Callable[[aiohttp.ClientResponse], Awaitable[Any]] | None = None,
+        ok: Callable[[Response], Awaitable[Any]] | None = None,
     ) -> Any:
         """Send with auth and retries. ``ok`` consumes a successful response
         (inside the retry loop, so a body that breaks off is retried too)."""
@@ -159,7 +151,7 @@ class Repository:
                     return await ok(resp) if ok is not None else resp
                 finally:
                     resp.release()
-            except (TimeoutError, _Retryable, aiohttp.ClientError, ConnectionError) as exc:
+            except (TimeoutError, _Retryable, HttpError, ConnectionError) as exc:
                 if attempt >= RETRIES:
                     reason = str(exc) or type(exc).__name__
                     raise Unavailable(f"{host.netloc}: {method} {suffix} failed: {reason}") from None
@@ -171,7 +163,7 @@ class Repository:
                 )
                 await asyncio.sleep(delay * (0.75 + random.random() / 2))
 
-    def _check_status(self, resp: aiohttp.ClientResponse, host: RegistryHost, suffix: str) -> None:
+    def _check_status(self, resp: Response, host: RegistryHost, suffix: str) -> None:
         if resp.status < 300:
             return
         what = f"{self.registry}/{self.path}"
@@ -223,7 +215,8 @@ class Repository:
                     "client_id": "crid",
                     **query,
                 }
-                resp = await self.session.post(realm, data=form, ssl=ssl_ctx)
+                form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+                resp = await self.session.request("POST", realm, form_type, urlencode(form).encode(), ssl=ssl_ctx)
             else:
                 headers = {} if creds.anonymous else {"Authorization": creds.basic_header()}
                 resp = await self.session.get(f"{realm}?{urlencode(query)}", headers=headers, ssl=ssl_ctx)
@@ -236,7 +229,7 @@ class Repository:
                 if resp.status != 200:
                     raise Unavailable(f"token server {urlsplit(realm).netloc} answered HTTP {resp.status}")
                 data = json.loads(await read_body(resp, TOKEN_MAX_BYTES, "token response"))
-        except (TimeoutError, _Retryable, aiohttp.ClientError, ValueError) as exc:
+        except (TimeoutError, _Retryable, HttpError, ConnectionError, ValueError) as exc:
             raise Unavailable(f"token server {urlsplit(realm).netloc}: {type(exc).__name__}: {exc}") from None
         token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
@@ -284,9 +277,9 @@ class Repository:
         exactly ``size`` bytes when its descriptor is known."""
 
         async def op(host: RegistryHost) -> Fetched:
-            async def read(resp: aiohttp.ClientResponse) -> Fetched:
+            async def read(resp: Response) -> Fetched:
                 body = await read_body(resp, MANIFEST_MAX_BYTES, f"manifest {obj}", size)
-                media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+                media_type = resp.headers.get("Content-Type").split(";")[0].strip()
                 return Fetched(body, media_type, host)
 
             fetched: Fetched = await self._request(
@@ -301,7 +294,7 @@ class Repository:
         """A small blob (an image config) in memory, exactly ``size`` bytes."""
 
         async def op(host: RegistryHost) -> bytes:
-            async def read(resp: aiohttp.ClientResponse) -> bytes:
+            async def read(resp: Response) -> bytes:
                 return await read_body(resp, limit, f"blob {digest}", size)
 
             return bytes(await self._request(host, "GET", f"/{self.path}/blobs/{digest}", ok=read))
@@ -313,13 +306,13 @@ class Repository:
         """Stream a blob into ``sink``; resumes with Range after a broken read."""
 
         async def op(host: RegistryHost) -> None:
-            async def read(resp: aiohttp.ClientResponse) -> None:
+            async def read(resp: Response) -> None:
                 if sink.offset and resp.status != 206:
                     await sink.reset()  # the server ignored Range: start over
                 chunks: list[bytes] = []  # joined once per CHUNK_BYTES: one copy on the event loop
                 pending = 0
                 try:
-                    async for chunk in resp.content.iter_any():
+                    async for chunk in resp.iter_any():
                         chunks.append(chunk)
                         pending += len(chunk)
                         progress(len(chunk))
@@ -336,10 +329,10 @@ class Repository:
                 if sink.offset < size:
                     raise _Retryable(f"blob {digest} ended after {sink.offset} of {size} bytes")
 
-            async def range_read(resp: aiohttp.ClientResponse) -> None:
+            async def range_read(resp: Response) -> None:
                 try:
                     await read(resp)
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                except HttpError as exc:
                     raise _Retryable(f"blob {digest} broke off: {exc}") from None
 
             def headers() -> dict[str, str]:  # computed per attempt: resume where the last one broke

@@ -57,6 +57,18 @@ def test_pull_by_tag_and_every_kind_of_lookup(registry: Registry, crid_img: Crid
     assert [i.id for i in only] == [image_id]
 
 
+def test_a_pull_loads_no_http_library_into_the_daemon(registry: Registry, crid_img: CridProcess) -> None:
+    """The registry client is on h11, which the daemon has loaded for its streaming server: after a
+    pull the daemon has mapped none of aiohttp's extension modules (6 MiB it would keep for good)."""
+    img = ob.busybox_image("gzip", extra_files={"etc/registry-client": b"x\n"})
+    registry.push("e2e/client", "v1", img)
+    assert pull(crid_img, f"{registry.host}/e2e/client:v1") == img.image_id
+    assert crid_img.proc is not None
+    maps = Path(f"/proc/{crid_img.proc.pid}/maps").read_text()
+    assert "/grpc/_cython/" in maps  # what the check sees: the extension modules loaded
+    assert "/aiohttp/" not in maps and "/multidict/" not in maps and "/yarl/" not in maps
+
+
 def test_unknown_image_is_an_empty_status(crid_img: CridProcess) -> None:
     resp = status(crid_img, "127.0.0.1:1/nothing/here:v1")
     assert not resp.HasField("image")

@@ -114,7 +114,7 @@ def test_tls_contexts_are_shared_and_follow_their_files(tmp_path: Path, monkeypa
         return hostsmod.RegistryHost("https", "r.example", **tls)  # type: ignore[arg-type]
 
     assert hostsmod.RegistryHost("http", "r.example").ssl_context() is None
-    assert host().ssl_context() is True  # aiohttp's own verified context: the system's CAs
+    assert host().ssl_context() is True  # the HTTP client's one context of the system's CAs
     assert made == []
     with_ca = host(ca=(str(ca.cert),)).ssl_context()
     assert isinstance(with_ca, ssl.SSLContext) and with_ca.verify_mode == ssl.CERT_REQUIRED

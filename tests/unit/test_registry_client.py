@@ -7,7 +7,6 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -16,7 +15,8 @@ from cri.images import registry as registry_mod
 from cri.images.auth import Credentials, TokenCache
 from cri.images.content import ContentStore
 from cri.images.hosts import RegistryHost
-from cri.images.registry import Repository
+from cri.images.http import Session
+from cri.images.registry import Repository, new_session
 
 DATA = os.urandom(300_000)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -37,8 +37,8 @@ async def serve(routes: dict[str, Handler]) -> tuple[web.AppRunner, str]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as s:
+async def session() -> AsyncIterator[Session]:
+    async with new_session(10.0) as s:
         yield s
 
 
@@ -47,7 +47,7 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry_mod, "BACKOFF_SECONDS", (0.01, 0.01, 0.01))
 
 
-def repo(session: aiohttp.ClientSession, *netlocs: str, creds: Credentials | None = None) -> Repository:
+def repo(session: Session, *netlocs: str, creds: Credentials | None = None) -> Repository:
     hosts = [RegistryHost("http", n) for n in netlocs]
     return Repository(session, hosts, "reg.test", "lib/x", creds or Credentials(), TokenCache())
 
@@ -63,7 +63,7 @@ async def fetch(r: Repository, tmp_path: Path) -> bytes:
     return store.read(DIGEST)
 
 
-async def test_redirect_to_another_host_drops_credentials(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_redirect_to_another_host_drops_credentials(session: Session, tmp_path: Path) -> None:
     seen: list[str | None] = []
 
     async def storage(request: web.Request) -> web.Response:
@@ -86,7 +86,7 @@ async def test_redirect_to_another_host_drops_credentials(session: aiohttp.Clien
         await store_runner.cleanup()
 
 
-async def test_broken_download_resumes_with_range(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_broken_download_resumes_with_range(session: Session, tmp_path: Path) -> None:
     ranges: list[str | None] = []
 
     async def blob(request: web.Request) -> web.StreamResponse:
@@ -112,7 +112,7 @@ async def test_broken_download_resumes_with_range(session: aiohttp.ClientSession
         await runner.cleanup()
 
 
-async def test_server_ignoring_range_starts_over(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_server_ignoring_range_starts_over(session: Session, tmp_path: Path) -> None:
     calls = 0
 
     async def blob(request: web.Request) -> web.StreamResponse:
@@ -134,7 +134,7 @@ async def test_server_ignoring_range_starts_over(session: aiohttp.ClientSession,
         await runner.cleanup()
 
 
-async def test_5xx_is_retried_then_reported(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_5xx_is_retried_then_reported(session: Session, tmp_path: Path) -> None:
     calls = 0
 
     async def flaky(request: web.Request) -> web.Response:
@@ -160,7 +160,7 @@ async def test_5xx_is_retried_then_reported(session: aiohttp.ClientSession, tmp_
         await runner.cleanup()
 
 
-async def test_oversized_blob_is_cut_off(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_oversized_blob_is_cut_off(session: Session, tmp_path: Path) -> None:
     async def blob(request: web.Request) -> web.Response:
         return web.Response(body=DATA + b"more")
 
@@ -173,7 +173,7 @@ async def test_oversized_blob_is_cut_off(session: aiohttp.ClientSession, tmp_pat
         await runner.cleanup()
 
 
-async def test_manifest_fallback_and_not_found(session: aiohttp.ClientSession) -> None:
+async def test_manifest_fallback_and_not_found(session: Session) -> None:
     async def missing(request: web.Request) -> web.Response:
         return web.Response(status=404)
 
@@ -192,7 +192,7 @@ async def test_manifest_fallback_and_not_found(session: aiohttp.ClientSession) -
         await r2.cleanup()
 
 
-async def test_bearer_flow_and_token_cache(session: aiohttp.ClientSession) -> None:
+async def test_bearer_flow_and_token_cache(session: Session) -> None:
     token_requests: list[dict[str, str]] = []
 
     async def token(request: web.Request) -> web.Response:
@@ -253,8 +253,8 @@ async def dribble(request: web.Request, body: bytes, chunk: int = 700) -> web.St
     return resp
 
 
-async def test_bodies_are_read_to_their_end(session: aiohttp.ClientSession) -> None:
-    """aiohttp's read(n) returns what is buffered; manifests and configs must come whole."""
+async def test_bodies_are_read_to_their_end(session: Session) -> None:
+    """Bodies arrive in pieces (chunked, or split by the network); manifests and configs must come whole."""
     index = b'{"manifests": [' + b",".join(b'{"digest": "sha256:%064d"}' % i for i in range(60)) + b"]}"
     config = os.urandom(15_000)
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
@@ -287,7 +287,7 @@ async def test_bodies_are_read_to_their_end(session: aiohttp.ClientSession) -> N
         await runner.cleanup()
 
 
-async def test_definitive_answers_end_the_pull(session: aiohttp.ClientSession) -> None:
+async def test_definitive_answers_end_the_pull(session: Session) -> None:
     """Over-limit bodies and refused credentials are the answer; a dead host after
     them must not bury it under a connection error."""
     from cri.images.registry import MANIFEST_MAX_BYTES
