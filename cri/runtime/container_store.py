@@ -47,6 +47,8 @@ class Container:
     resources: bytes = b""  # LinuxContainerResources as last applied
     cgroups_path: str = ""
     pid_start: int = 0  # the container process's start time: tells it from a reused pid
+    # in memory only: a container created before a restart is started through the runtime
+    poststart_hooks: bool = True
 
     _DATA = (
         "handler", "image_id", "image_name", "image_ref", "chain_ids", "log_path", "stop_signal", "pid",

@@ -21,7 +21,7 @@ from cri.config import Config
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.manager import Images
 from cri.log import fields
-from cri.runtime import checkpoint, idmap, monitor, userns
+from cri.runtime import checkpoint, exec_fifo, idmap, monitor, userns
 from cri.runtime.attach import attach as attach_stdio
 from cri.runtime.bundle import BundleDirs, Mount, make_bundle, read_json
 from cri.runtime.container_exits import Exits, exited, wait_for_file
@@ -214,6 +214,7 @@ class Containers:
         faults.step("CreateContainer.rootfs_recorded")
         spec = await asyncio.to_thread(make_bundle, dirs, mount, self.system.build_spec, inputs, finish)
         c.stop_signal = stop_signal(image_config, c.config.stop_signal)
+        c.poststart_hooks = bool(spec.get("hooks", {}).get("poststart"))
         user = spec.get("process", {}).get("user", {})
         c.uid, c.gid, c.groups = user.get("uid", 0), user.get("gid", 0), list(user.get("additionalGids", []))
         if c.log_path:
@@ -263,7 +264,9 @@ class Containers:
                     raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
                 self.exits.event(c.id)
                 started = time.time_ns()
-                await self.handlers.runtime(c.handler).start(c.id)
+                fifo_dir = "" if c.poststart_hooks else self.handlers.exec_fifo_dir(c.handler, c.id)
+                if not (fifo_dir and await exec_fifo.start(fifo_dir, c.pid)):
+                    await self.handlers.runtime(c.handler).start(c.id)
                 faults.step("StartContainer.started")
                 self.store.update(c, state=State.RUNNING, started_at=started)
                 faults.step("StartContainer.running_recorded")

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cri.conditions import Condition
@@ -26,6 +26,7 @@ class HandlerFeatures:
 
     recursive_read_only_mounts: bool = False
     user_namespaces: bool = False
+    exec_fifo: bool = False  # runc 1.x: StartContainer opens its exec fifo itself (exec_fifo.py)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ async def probe_features(runtime: Runtime, config: Config | None = None) -> Hand
     """What the runtime's ``features`` says it supports; a runtime that cannot
     say gets nothing claimed for it. With ``config``, user namespaces are tried
     for real (userns_probe.py)."""
-    options = (await runtime.features()).get("mountOptions")
+    doc = await runtime.features()
+    options = doc.get("mountOptions")
     rro = isinstance(options, list) and "rro" in options and HOST.kernel_version() >= _RRO_KERNEL
     why_not = "not probed"
     if config is not None:
@@ -55,7 +57,14 @@ async def probe_features(runtime: Runtime, config: Config | None = None) -> Hand
             log.info(
                 "no user namespaces for this handler", extra={"crid_fields": {"handler": runtime.name, "why": why_not}}
             )
-    return HandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=not why_not)
+    return HandlerFeatures(recursive_read_only_mounts=rro, user_namespaces=not why_not, exec_fifo=_is_runc_1(doc))
+
+
+def _is_runc_1(features: Mapping[str, object]) -> bool:
+    """Whether ``features`` is runc 1.x's, whose exec fifo crid can open itself (exec_fifo.py)."""
+    annotations = features.get("annotations")
+    version = annotations.get("org.opencontainers.runc.version") if isinstance(annotations, dict) else None
+    return isinstance(version, str) and version.startswith("1.")
 
 
 class Handlers:
@@ -98,6 +107,13 @@ class Handlers:
     def supports_rro(self, name: str) -> bool:
         f = self.features.get(name or self.config.runtime.default_handler)
         return f is not None and f.recursive_read_only_mounts
+
+    def exec_fifo_dir(self, name: str, container_id: str) -> str:
+        """The runc state dir whose exec fifo starts ``container_id``, "" when the handler's runtime
+        is not one whose fifo crid opens itself (it is then started by ``<runtime> start``)."""
+        name = name or self.config.runtime.default_handler
+        f = self.features.get(name)
+        return os.path.join(self.config.handler_root(name), container_id) if f is not None and f.exec_fifo else ""
 
     def supports_userns(self, name: str) -> bool:
         f = self.features.get(name or self.config.runtime.default_handler)

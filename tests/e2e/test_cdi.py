@@ -33,6 +33,7 @@ class Env:
     run: Path  # the second one, which overrides it
     share: Path  # a host dir a CDI spec mounts
     hook_out: Path  # what the CDI hook writes
+    runtime_log: Path  # the runc wrapper's: one line of arguments per command
 
 
 def devices_spec(env: Env) -> dict[str, Any]:
@@ -69,6 +70,12 @@ def devices_spec(env: Env) -> dict[str, Any]:
             },
         },
     ]
+    poststart = {
+        "hookName": "poststart",
+        "path": "/bin/sh",
+        "args": ["sh", "-c", f"echo $$ > {env.hook_out}.poststart"],
+    }
+    devices.append({"name": "poststart", "containerEdits": {"hooks": [poststart]}})
     if LOOP:
         node = {"path": "/dev/cdi-loop", "hostPath": LOOP, "permissions": "r"}
         devices.append({"name": "loop", "containerEdits": {"deviceNodes": [node]}})
@@ -90,10 +97,17 @@ def env(e2e_base: Path) -> Iterator[Env]:
     image = ob.Image([ob.busybox_layer("gzip", applets="all")], ob.ImageConfig(cmd=["sh"], env=["PATH=/bin"]))
     with Registry(base / "reg") as reg:
         reg.push("e2e/busybox", "1", image)
-        d = CridProcess(base, settings={"cdi": {"spec_dirs": [str(etc), str(run)]}}).start()
+        wrapper, runtime_log = base / "runc-logged", base / "runc.log"
+        wrapper.write_text(f'#!/bin/sh\necho "$*" >> {runtime_log}\nexec /usr/sbin/runc "$@"\n')
+        wrapper.chmod(0o755)
+        settings = {
+            "cdi": {"spec_dirs": [str(etc), str(run)]},
+            "runtime": {"handlers": {"runc": {"binary": str(wrapper)}}},
+        }
+        d = CridProcess(base, settings=settings).start()
         ref = f"{reg.host}/e2e/busybox:1"
         d.client.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=60)
-        e = Env(d, ref, etc, run, share, base / "hook-out")
+        e = Env(d, ref, etc, run, share, base / "hook-out", runtime_log)
         (etc / "dev.json").write_text(json.dumps(devices_spec(e)))
         # the second dir overrides one device of the first
         override = {
@@ -168,6 +182,20 @@ def test_device_nodes_env_mount_groups_and_hook(env: Env, pod: Pod) -> None:
         assert code == 0 and out.startswith("b") and f"{major},{minor:>4}" in out, out
         code, out = sh(pod, cid, ": > /dev/cdi-loop")  # "r" only: the device cgroup refuses writes
         assert code != 0 and "not permitted" in out, out
+
+
+def test_poststart_hook_and_runc_start(env: Env, pod: Pod) -> None:
+    """A container with a poststart hook is started by `runc start` (runc >= 1.2 runs the hook
+    there); one without is started by crid opening runc's exec fifo (cri/runtime/exec_fifo.py)."""
+    hooked = pod.run("hooked", ["sleep", "300"], CDI_devices=devices("poststart"))
+    plain = pod.run("plain", ["sleep", "300"])
+    assert Path(f"{env.hook_out}.poststart").read_text().strip().isdigit()  # the hook ran
+    commands = env.runtime_log.read_text().splitlines()
+    assert [c for c in commands if c.endswith(f"start {hooked}")], commands
+    assert not [c for c in commands if c.endswith(f"start {plain}")], commands
+    for cid in (hooked, plain):
+        assert pod.status(cid).state == pb.CONTAINER_RUNNING
+        assert sh(pod, cid, "echo ok") == (0, "ok\n")
 
 
 def test_devices_from_annotations(env: Env, pod: Pod) -> None:

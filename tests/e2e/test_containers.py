@@ -3,6 +3,7 @@ their lifecycle, logs, exec, resources, lists, a second handler, restarts and cr
 Security settings and mounts: test_container_security.py."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -78,6 +79,37 @@ def test_exec_sync(pod: Pod) -> None:
     with pytest.raises(grpc.RpcError) as err:
         pod.exec(cid, ["true"])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _runc_state(pod: Pod, cid: str) -> tuple[str, Path]:
+    """runc's status of ``cid`` and its state dir."""
+    root = Path(pod.d.state) / "runtime" / "runc"
+    out = subprocess.run(["runc", "--root", str(root), "state", cid], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["status"], root / cid
+
+
+def test_start_opens_runc_exec_fifo_itself(pod: Pod) -> None:
+    """StartContainer reads runc's exec fifo (cri/runtime/exec_fifo.py): runc reports the container
+    running and its fifo gone, as after `runc start`; an init that died first is refused cleanly."""
+    cid = pod.create("fifo", ["sh", "-c", "echo started; sleep 600"])
+    status, state_dir = _runc_state(pod, cid)
+    assert status == "created" and (state_dir / "exec.fifo").exists()
+    pod.d.client.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+    assert _runc_state(pod, cid)[0] == "running" and not (state_dir / "exec.fifo").exists()
+    assert pod.exec(cid, ["true"]).exit_code == 0
+    deadline = time.monotonic() + 10
+    while "started" not in log_text(pod.logs / "fifo.log") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "started" in log_text(pod.logs / "fifo.log")
+
+    dead = pod.create("dead", ["sleep", "600"])
+    info = pod.d.client.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=dead, verbose=True)).info
+    os.kill(json.loads(info["info"])["pid"], signal.SIGKILL)  # runc init, still waiting for the start
+    with pytest.raises(grpc.RpcError) as err:
+        pod.d.client.runtime.StartContainer(pb.StartContainerRequest(container_id=dead), timeout=20)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert pod.wait(dead).state == pb.CONTAINER_EXITED
+    assert pod.status(cid).state == pb.CONTAINER_RUNNING
 
 
 def test_stop_grace_and_timeout(pod: Pod) -> None:

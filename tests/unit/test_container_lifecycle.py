@@ -16,6 +16,7 @@ import pytest
 from cri.errors import AlreadyExists, FailedPrecondition, NotFound
 from cri.runtime.container_store import Container, ContainerStore, State
 from cri.runtime.events import Kind
+from cri.runtime.handlers import HandlerFeatures
 from tests.unit.runtime_fakes import Injected, Node, container_config, pod_config
 
 TIMEOUT = 10.0
@@ -262,6 +263,31 @@ def test_an_oom_kill_is_recorded_as_such(tmp_path: Path) -> None:
         node.runtime.exit(c.id, 137)
         await exited(node, c)
         assert (c.exit_code, c.reason) == (137, "OOMKilled")
+
+    run(tmp_path, body)
+
+
+def test_start_through_the_runtime_unless_the_exec_fifo_can_do_it(tmp_path: Path) -> None:
+    """With a runc 1.x handler, StartContainer opens the exec fifo itself (exec_fifo.py); a container
+    with poststart hooks, or whose fifo is not there, is started by the runtime's ``start``."""
+
+    async def body(node: Node, sid: str) -> None:
+        node.containers.handlers.features = {
+            n: HandlerFeatures(exec_fifo=True) for n in node.containers.handlers.features
+        }
+        plain = await node.containers.create(sid, container_config("plain"))
+        await node.containers.start(plain)  # no fifo in the fake runtime's state dir
+        assert node.runtime.containers[plain].status == "running"
+
+        build = node.system.build_spec
+        node.system.build_spec = lambda inputs: {**build(inputs), "hooks": {"poststart": [{"path": "/bin/true"}]}}  # type: ignore[method-assign]
+        hooked = await node.containers.create(sid, container_config("hooked"))
+        fifo = Path(node.containers.handlers.exec_fifo_dir("", hooked), "exec.fifo")
+        fifo.parent.mkdir(parents=True)
+        os.mkfifo(fifo)
+        await node.containers.start(hooked)
+        assert node.runtime.containers[hooked].status == "running" and exists(str(fifo))  # left to runc
+        assert node.containers.get(hooked).state == State.RUNNING
 
     run(tmp_path, body)
 
