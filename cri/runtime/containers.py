@@ -198,6 +198,7 @@ class Containers:
             hostname=pod_hostname(sb.config),
             sandbox_id=sb.id,
             image_name=c.image_name,
+            image_id=c.image_id,
             rro_supported=self.handlers.supports_rro(c.handler),
         )
         mount: Mount = functools.partial(self.images.mount_rootfs, image)

@@ -12,7 +12,9 @@ import errno
 import os
 import stat
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cri.api.v1 import api_pb2 as pb
 from cri.errors import InvalidArgument
@@ -143,22 +145,41 @@ def parse_group(text: str) -> list[Group]:
     return out
 
 
+# (image id, file) -> its parsed entries: every container of an image starts from the same files
+# (its upper dir is still empty at CreateContainer), and an image id names its content
+_PARSED: dict[tuple[str, str], tuple[Any, ...]] = {}
+_PARSED_LIMIT = 256  # entries; all are dropped when it is reached (an image is rarely one of that many)
+
+
 class _Files:
-    """The image's passwd and group, read once and only when needed."""
+    """The image's passwd and group, read once and only when needed; with ``image_id``, parsed once
+    per image."""
 
-    def __init__(self, rootfs: str) -> None:
+    def __init__(self, rootfs: str, image_id: str = "") -> None:
         self.rootfs = rootfs
-        self._passwd: list[Passwd] | None = None
-        self._group: list[Group] | None = None
+        self.image_id = image_id
+        self._passwd: tuple[Passwd, ...] | None = None
+        self._group: tuple[Group, ...] | None = None
 
-    def passwd(self) -> list[Passwd]:
+    def _parsed(self, path: str, parse: Callable[[str], list[Any]]) -> tuple[Any, ...]:
+        key = (self.image_id, path)
+        found = _PARSED.get(key) if self.image_id else None
+        if found is None:
+            found = tuple(parse(read_in_root(self.rootfs, path) or ""))
+            if self.image_id:
+                if len(_PARSED) >= _PARSED_LIMIT:
+                    _PARSED.clear()
+                _PARSED[key] = found
+        return found
+
+    def passwd(self) -> tuple[Passwd, ...]:
         if self._passwd is None:
-            self._passwd = parse_passwd(read_in_root(self.rootfs, "/etc/passwd") or "")
+            self._passwd = self._parsed("/etc/passwd", parse_passwd)
         return self._passwd
 
-    def group(self) -> list[Group]:
+    def group(self) -> tuple[Group, ...]:
         if self._group is None:
-            self._group = parse_group(read_in_root(self.rootfs, "/etc/group") or "")
+            self._group = self._parsed("/etc/group", parse_group)
         return self._group
 
     def user_by_name(self, name: str) -> Passwd:
@@ -224,9 +245,12 @@ def _file_groups(files: _Files, user: str) -> list[int]:
     return [g.gid for g in files.group() if g.name != user and user in g.members]
 
 
-def resolve_user(rootfs: str, image_user: str, sc: pb.LinuxContainerSecurityContext) -> tuple[int, int, list[int]]:
+def resolve_user(
+    rootfs: str, image_user: str, sc: pb.LinuxContainerSecurityContext, image_id: str = ""
+) -> tuple[int, int, list[int]]:
     """uid, gid and additional gids (sorted, including the primary gid) of the
-    container's first process."""
+    container's first process. ``image_id``: the image the rootfs is a fresh copy of (its
+    files are parsed once)."""
     group_override = sc.run_as_group.value if sc.HasField("run_as_group") else None
     user = ""
     if sc.HasField("run_as_user"):
@@ -241,7 +265,7 @@ def resolve_user(rootfs: str, image_user: str, sc: pb.LinuxContainerSecurityCont
         if group_override < 0 or group_override > MAX_ID:
             raise InvalidArgument(f"run_as_group {group_override} is out of range")
     userstr = (f"{user}:{group_override}" if group_override is not None else user) if user else image_user
-    files = _Files(rootfs)
+    files = _Files(rootfs, image_id)
     uid, gid = _uid_gid(files, userstr)
 
     gids = {gid}

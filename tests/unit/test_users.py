@@ -295,3 +295,16 @@ def test_huge_file_rejected(tmp_path: Path) -> None:
         f.truncate((10 << 20) + 1)
     with pytest.raises(InvalidArgument, match="larger"):
         read_in_root(str(root), "/etc/passwd")
+
+
+def test_an_image_s_files_are_parsed_once(tmp_path: Path) -> None:
+    """With an image id, the files of another container of that image are not read again (they
+    are the same files); without one, or for another image, they are."""
+    first, second = make_rootfs(tmp_path / "one"), make_rootfs(tmp_path / "two", PASSWD.replace("1000:1000", "7:7"))
+    image = f"sha256:{os.urandom(32).hex()}"
+    assert resolve_user(str(first), "app", sc(), image)[:2] == (1000, 1000)
+    assert resolve_user(str(second), "app", sc(), image)[:2] == (1000, 1000)  # the image's, parsed before
+    assert resolve_user(str(second), "app", sc(), f"sha256:{os.urandom(32).hex()}")[:2] == (7, 7)
+    assert resolve_user(str(second), "app", sc())[:2] == (7, 7)
+    (second / "etc" / "group").unlink()
+    assert resolve_user(str(second), "app:wheel", sc(), image)[:2] == (1000, 10)  # its group too

@@ -51,6 +51,7 @@ class SpecInputs:
     hostname: str  # the pod's hostname (HOSTNAME env)
     sandbox_id: str = ""  # for the io.kubernetes.cri.sandbox-id annotation
     image_name: str = ""  # for io.kubernetes.cri.image-name; default: the request's image
+    image_id: str = ""  # the image the rootfs is a fresh copy of ("": its /etc/passwd is read each time)
     rro_supported: bool = False  # whether the handler supports recursive read-only mounts
 
 
@@ -150,6 +151,7 @@ def build_spec(inputs: SpecInputs, cdi: Registry | None = None) -> Spec:
         rootfs=inputs.rootfs,
         hostname=inputs.hostname,
         min_oom_score_adj=inputs.min_oom_score_adj,
+        image_id=inputs.image_id,
     )
 
     namespaces = _namespaces(inputs, privileged)

@@ -167,15 +167,22 @@ def _oom_score_adj(config: pb.ContainerConfig, minimum: int) -> int | None:
 
 
 def build_process(
-    config: pb.ContainerConfig, image_config: ImageConfig, *, rootfs: str, hostname: str, min_oom_score_adj: int
+    config: pb.ContainerConfig,
+    image_config: ImageConfig,
+    *,
+    rootfs: str,
+    hostname: str,
+    min_oom_score_adj: int,
+    image_id: str = "",
 ) -> Process:
     """The spec's ``process``; ``hostname`` is the pod's ("" = the node's),
-    ``rootfs`` is where the user and group names are looked up."""
+    ``rootfs`` is where the user and group names are looked up (a fresh copy of the image
+    ``image_id``, if given: they are parsed once per image)."""
     sc = config.linux.security_context
     _check_apparmor(sc)
     image = _image(image_config)
 
-    uid, gid, gids = resolve_user(rootfs, image.get("User") or "", sc)
+    uid, gid, gids = resolve_user(rootfs, image.get("User") or "", sc, image_id)
     caps = _capabilities(sc)
     process: Process = {
         "terminal": config.tty,
