@@ -77,6 +77,8 @@ def check_pod_id(pod_id: str) -> str:
 class ResultCache:
     def __init__(self, cache_dir: str) -> None:
         self.dir = cache_dir
+        # what this daemon wrote: a DEL or CHECK does not read back the file it wrote itself
+        self._written: dict[str, CacheEntry] = {}
 
     def path(self, pod_id: str) -> str:
         return os.path.join(self.dir, check_pod_id(pod_id) + ".json")
@@ -113,11 +115,14 @@ class ResultCache:
                 os.unlink(tmp)
             raise
         self._sync_dir()
+        self._written[entry.pod_id] = entry
 
     def remove_sync(self, pod_id: str) -> None:
+        """Not synced to disk: an entry back after a power loss only gets its DEL again, which
+        plugins must take (the spec's DEL is idempotent)."""
+        self._written.pop(pod_id, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(pod_id))
-            self._sync_dir()
 
     def pod_ids_sync(self) -> list[str]:
         try:
@@ -146,7 +151,8 @@ class ResultCache:
             os.close(fd)
 
     async def read(self, pod_id: str) -> CacheEntry | None:
-        return await asyncio.to_thread(self.read_sync, pod_id)
+        known = self._written.get(pod_id)
+        return known if known is not None else await asyncio.to_thread(self.read_sync, pod_id)
 
     async def write(self, entry: CacheEntry) -> None:
         await asyncio.to_thread(self.write_sync, entry)

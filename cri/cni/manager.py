@@ -306,8 +306,7 @@ class CniManager:
 
     async def _delete(self, entry: CacheEntry, netns: str | None) -> None:
         net = self._cached_network(entry)
-        bins = await asyncio.to_thread(self._binaries, net)
-        live = await asyncio.to_thread(_live_netns, netns)
+        bins, live = await asyncio.to_thread(lambda: (self._binaries(net), _live_netns(netns)))
         prev = None
         # a cached result on DEL came with spec 0.4.0 (libcni passes none before)
         if entry.result is not None and _version(net.cni_version) >= (0, 4, 0):

@@ -380,6 +380,20 @@ async def test_corrupt_cache_entry(env: Env) -> None:
         await m.teardown(POD_ID, None)
 
 
+async def test_teardown_uses_the_entry_this_daemon_wrote(env: Env) -> None:
+    """The DEL of a pod this daemon set up does not read its cache file back; a new daemon does."""
+    env.write([env.plugin("fakea")])
+    m = env.manager()
+    await m.setup(env.pod())
+    (env.cache / f"{POD_ID}.json").write_text("{garbage")  # not read again by m
+    await m.teardown(POD_ID, None)
+    assert not (env.cache / f"{POD_ID}.json").exists()
+    await m.setup(env.pod())
+    (env.cache / f"{POD_ID}.json").write_text("{garbage")
+    with pytest.raises(FailedPrecondition, match="corrupt"):
+        await env.manager().teardown(POD_ID, None)  # a restarted daemon knows only the file
+
+
 async def test_verify_plugins(env: Env) -> None:
     env.write([env.plugin("fakea"), {"type": "fakeb", "ipam": {"type": "fakeipam"}}])
     await env.manager().verify_plugins()
