@@ -6,8 +6,8 @@ runtime gave to the call the client makes).
 
 With ``--libraries`` it also imports the libraries crid's daemon is built on and imports at its
 start (msgspec for its configuration, prometheus_client for its metrics, sqlite3 for its
-image metadata, h11 and wsproto for its streaming server), and does nothing with them: the
-idle RSS floor of a daemon made of these parts, before any code of its own.
+image metadata; h11 and wsproto wait for the first pull or streaming connection), and does
+nothing with them: the idle RSS floor of a daemon made of these parts, before any code of its own.
 
 ``python -m benchmarks.grpc_floor_server SOCKET [LIST_REPLY_FILE [--libraries]]`` serves until SIGTERM.
 """
@@ -45,7 +45,7 @@ async def serve(socket: str, list_reply: bytes = b"") -> None:
     await server.wait_for_termination()
 
 
-LIBRARIES = ("msgspec", "prometheus_client", "sqlite3", "h11", "wsproto")
+LIBRARIES = ("msgspec", "prometheus_client", "sqlite3")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ from typing import IO, cast
 
 from cri.errors import FailedPrecondition
 from cri.host import HOST
-from cri.images.layer_stream import write_all
 from cri.images.reference import SHA256_RE
-from cri.images.stream import Pipe, PipeClosed, in_thread
+from cri.images.stream import Pipe, PipeClosed, in_thread, write_all
 
 # bytes of a download in flight between the event loop and its thread: a few of the registry's 1 MiB writes
 PIPE_BYTES = 8 * 1024 * 1024

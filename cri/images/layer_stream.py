@@ -9,13 +9,13 @@ blocks, with no per-block Python in between.
 import contextlib
 import hashlib
 import io
-import os
 import tarfile
 import threading
 from collections.abc import Iterator
 from typing import IO
 
 from cri.errors import FailedPrecondition
+from cri.images.stream import Cancelled, write_all
 
 COPY_CHUNK = 1024 * 1024
 
@@ -32,15 +32,6 @@ def decompress_errors() -> tuple[type[BaseException], ...]:
 
 # padding of a last member plus the two zero blocks: what a stream may lack at its end
 _END_OF_ARCHIVE = tarfile.BLOCKSIZE - 1 + 2 * tarfile.BLOCKSIZE
-
-
-class Cancelled(Exception):
-    """The pull was cancelled while this layer was being applied."""
-
-
-def write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 class LayerReader:

@@ -12,19 +12,23 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cri.config import Config
 from cri.errors import CridError
+from cri.images import pull_metrics  # noqa: F401  (its metrics are shown from the start)
 from cri.images.auth import Credentials
 from cri.images.content import ContentStore
-from cri.images.http import Session
 from cri.images.manifest import ImageConfig, image_config
 from cri.images.metadata import ImageMetadata, ImageRecord
-from cri.images.pull import Puller
 from cri.images.reference import HEX64_RE, SHA256_RE, parse
 from cri.images.snapshots import Snapshots
 from cri.log import fields
 from cri.store import Store
+
+if TYPE_CHECKING:
+    from cri.images.http import Session
+    from cri.images.pull import Puller
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ class Images:
         self.snapshots = Snapshots(config.root_dir)
         self.meta = ImageMetadata(store)
         self._session: Session | None = None
-        self.puller = Puller(config, self.content, self.snapshots, self.meta, self._http, self.gc)
+        self._puller: Puller | None = None
         # chain ids in use by containers; the containers layer installs this
         self.snapshots_in_use: Callable[[], set[str]] = set
 
@@ -65,15 +69,29 @@ class Images:
 
     async def drain(self, seconds: float) -> None:
         """At shutdown: wait (bounded) for cancelled pulls to clean up after themselves."""
-        await self.puller.drain(seconds)
+        if self._puller is not None:
+            await self._puller.drain(seconds)
 
     async def close(self) -> None:
-        await self.puller.zygote.stop()
+        if self._puller is not None:
+            await self._puller.zygote.stop()
         if self._session is not None:
             await self._session.close()
 
-    def _http(self) -> Session:
+    @property
+    def puller(self) -> "Puller":
+        # the pull's machinery (the registry client on h11, the layer processes, tar) is imported at
+        # the first pull: a daemon that has pulled nothing does not keep it (1.2 MiB of RSS)
+        if self._puller is None:
+            from cri.images.pull import Puller
+
+            self._puller = Puller(self.config, self.content, self.snapshots, self.meta, self._http, self.gc)
+        return self._puller
+
+    def _http(self) -> "Session":
         if self._session is None:
+            from cri.images.http import Session
+
             self._session = Session(self.config.images.pull_progress_timeout_seconds)
         return self._session
 
@@ -144,7 +162,7 @@ class Images:
 
     async def gc(self) -> None:
         """Delete blobs and snapshots that no image, container or running pull uses."""
-        keep = self.puller.held() | self.snapshots_in_use()
+        keep = (self._puller.held() if self._puller is not None else set()) | self.snapshots_in_use()
         for image in self.meta.images.values():
             keep.update(image.blobs)
             keep.update(image.chain_ids)

@@ -52,7 +52,6 @@ from cri.images.hosts import load_hosts
 from cri.images.http import Session
 from cri.images.layer_child import Download, Job, Unpack
 from cri.images.layer_process import LayerProcess, Zygote, as_applied
-from cri.images.layer_stream import Cancelled
 from cri.images.manifest import Layer, user_of
 from cri.images.metadata import ImageMetadata, ImageRecord, SnapshotRecord, now_ns
 from cri.images.pull_metrics import (
@@ -70,7 +69,7 @@ from cri.images.registry import Repository
 from cri.images.resolve import resolve
 from cri.images.shared import SharedTasks
 from cri.images.snapshots import Snapshots
-from cri.images.stream import in_thread
+from cri.images.stream import Cancelled, in_thread
 from cri.images.unpack import Applied, NeedsLowers
 from cri.log import fields
 

@@ -9,14 +9,17 @@ download waits without blocking the loop, and the data in flight stays small.
 import asyncio
 import contextlib
 import functools
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cri.images.unpack import Cancelled
-
 T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """The pull was cancelled while this layer was being applied."""
 
 
 class PipeAborted(Cancelled):
@@ -144,3 +147,9 @@ class Pipe:
         if space is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(functools.partial(_settle, space, None, None))
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    """All of ``data`` to ``fd`` (os.write may take less)."""
+    while data:
+        data = data[os.write(fd, data) :]

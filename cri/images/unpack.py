@@ -52,8 +52,9 @@ from dataclasses import dataclass
 from typing import IO
 
 from cri.errors import CridError, FailedPrecondition, ResourceExhausted
-from cri.images.layer_stream import COPY_CHUNK, Cancelled, LayerReader, decompress_errors, decompressed
+from cri.images.layer_stream import COPY_CHUNK, LayerReader, decompress_errors, decompressed
 from cri.images.lowers import OPAQUE_XATTR, LowerView
+from cri.images.stream import Cancelled
 from cri.log import fields
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import stat
-import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -36,6 +35,8 @@ from cri.log import fields
 from cri.runtime.container_store import Container, State
 
 if TYPE_CHECKING:
+    import tarfile
+
     from cri.runtime.containers import Containers
     from cri.runtime.oci import Runtime
 
@@ -198,7 +199,7 @@ class _Deadline:
             raise DeadlineExceeded(f"CheckpointContainer did not finish within {self.seconds}s (the request's timeout)")
 
 
-def _numeric(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def _numeric(info: "tarfile.TarInfo") -> "tarfile.TarInfo":
     info.uname = info.gname = ""  # the container's ids, not the host's names for them
     return info
 
@@ -229,6 +230,8 @@ def config_dump(c: Container, now_ns: int) -> dict[str, object]:
 
 
 def write_rootfs_diff(upper: str, diff: RootfsDiff, out: IO[bytes], deadline: _Deadline | None = None) -> None:
+    import tarfile  # here: an idle daemon does not keep tarfile (the checkpoint's two archives need it)
+
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for rel in diff.files:
             if deadline is not None:
@@ -252,6 +255,8 @@ def write_archive(
     for name, doc in docs.items():
         with open(os.path.join(staging, name), "w") as f:
             json.dump(doc, f, indent=2)
+    import tarfile
+
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in (CONFIG_DUMP, SPEC_DUMP, IMAGES_DIR, ROOTFS_DIFF, DELETED_FILES, DUMP_LOG, STATS_DUMP):
             path = os.path.join(staging, name)

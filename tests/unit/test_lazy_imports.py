@@ -1,7 +1,9 @@
 """The daemon starts without the libraries only some calls need (pyroute2 for pod
-network stats, the decompressors its pull processes use) and never loads those it
-does without (aiohttp: its registry client is on h11; the generated gRPC stubs,
-which only the client uses): they would be most of its idle memory."""
+network stats, the decompressors its pull processes use; the pull's own modules, its
+registry client on h11 and tarfile until the first pull; the streaming server's HTTP,
+WebSocket and SPDY until its first connection) and never loads those it does without
+(aiohttp: its registry client is on h11; the generated gRPC stubs, which only the
+client uses): they would be most of its idle memory."""
 
 import subprocess
 import sys
@@ -10,7 +12,8 @@ import sys
 def test_daemon_import_leaves_pull_and_netlink_libraries_unloaded() -> None:
     code = (
         "import sys, cri.server.cli, cri.server.daemon\n"
-        "lazy = ('aiohttp', 'pyroute2', 'isal', 'zstandard', 'cri.api.v1.api_pb2_grpc')\n"
+        "lazy = ('aiohttp', 'pyroute2', 'isal', 'zstandard', 'cri.api.v1.api_pb2_grpc', 'h11', 'wsproto',\n"
+        "    'tarfile', 'cri.images.pull', 'cri.server.streaming_sessions', 'cri.streaming.spdy_session')\n"
         "print(' '.join(m for m in lazy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
